@@ -1,0 +1,168 @@
+"""``fliplet-agent``: the foreground agent, config validation, the sandbox and fleet status.
+
+Errors are caught here, once: each typed :class:`~fliplet_workers.errors.AgentError` is logged with
+the original's wording and mapped to an exit code (2 for config errors, 1 for failed syncs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+from fliplet_workers import __version__, logs
+from fliplet_workers.config import Config, load_config
+from fliplet_workers.core.summary import RunSummary
+from fliplet_workers.errors import AgentError, ConfigError
+from fliplet_workers.secrets import redact
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fliplet-agent",
+        description="Synchronize data to and from Fliplet servers (a drop-in for the Fliplet Agent).",
+    )
+    parser.add_argument("-V", "--version", action="version", version=f"fliplet-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="command")
+
+    start = sub.add_parser("start", help="Start the agent in foreground mode.")
+    start.add_argument("config", help="path/to/config.yml (or a Python code config .py)")
+    start.add_argument("--test", action="store_true",
+                       help="dry run: print what would be sent to Fliplet, send nothing, exit")
+    start.set_defaults(handler=cmd_start)
+
+    validate = sub.add_parser("validate", help="Check a config file and report every problem in it.")
+    validate.add_argument("config")
+    validate.set_defaults(handler=cmd_validate)
+
+    sandbox = sub.add_parser("sandbox", help="Run a local Fliplet-compatible API server (offline rehearsals).")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8642)
+    sandbox.add_argument("--data", default=None, help="JSON file holding the sandbox state (kept across runs)")
+    sandbox.set_defaults(handler=cmd_sandbox)
+
+    status = sub.add_parser("status", help="Fleet: list configs, their next run, last runs and invalid configs.")
+    status.add_argument("--configs", default=None, help="config directory (default: $FLIPLET_CONFIG_DIR or ./configs)")
+    status.set_defaults(handler=cmd_status)
+    return parser
+
+
+def _load(path: str) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        print(error.log_text(), file=sys.stderr)
+        return None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return ConfigError.exit_code
+    print(f"{args.config}: OK ({len(config.operations)} operation(s))")
+    return 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return ConfigError.exit_code
+    logs.setup(config.log_verbosity)
+    log = logs.for_config(config.name)
+    log.info("Agent started successfully. Press Ctrl+C to quit.")
+    dry_run = args.test or config.is_dry_run
+    scheduled = [op for op in config.operations if op.frequency]
+    if dry_run or not scheduled:
+        ok = _run_once(config, dry_run)
+        if dry_run:
+            log.info("Dry run finished. Aborting process.")
+        return 0 if ok else 1
+    return _run_scheduled(config)
+
+
+def _run_once(config: Config, dry_run: bool, indexes: Sequence[int] | None = None) -> bool:
+    from fliplet_workers.run import run_config
+
+    log = logs.for_config(config.name)
+    try:
+        summaries = run_config(config, dry_run=dry_run, log=log, only=indexes)
+    except AgentError as error:
+        log.critical(redact(error.log_text()))
+        return False
+    except Exception as error:  # an unexpected bug: report it without secrets, keep the agent alive
+        log.critical(f"There was an error running your config file. {type(error).__name__}: {redact(str(error))}")
+        return False
+    for summary in summaries:
+        _print_summary(summary)
+    return all(s.ok for s in summaries)
+
+
+def _print_summary(summary: RunSummary) -> None:
+    """One human line per operation on stderr (the log has the details)."""
+    tail = " (dry run: nothing was sent)" if summary.dry_run else ""
+    print(f"{summary.config} operation {summary.operation + 1}: inserted {summary.inserted}, "
+          f"updated {summary.updated}, deleted {summary.deleted}, unchanged {summary.unchanged}, "
+          f"skipped {summary.skipped}, errors {len(summary.errors)} in {summary.seconds:.2f}s{tail}",
+          file=sys.stderr)
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _run_scheduled(config: Config) -> int:
+    """Keep running each operation on its cron ``frequency`` until interrupted."""
+    from fliplet_workers.schedule import next_run
+
+    log = logs.for_config(config.name)
+    if config.sync_on_init:
+        _run_once(config, False)
+    ops = [i for i, op in enumerate(config.operations) if op.frequency]
+    log.info(f"Scheduling {len(ops)} operation(s) to run with their set frequency...")
+    now = dt.datetime.now(dt.UTC)
+    due = {i: next_run(str(config.operations[i].frequency), now) for i in ops}
+    log.info("Scheduling complete. Keep this process alive and you're good to go!")
+    signal.signal(signal.SIGTERM, _stop)
+    while True:
+        index, when = min(due.items(), key=lambda item: item[1])
+        delay = (when - dt.datetime.now(dt.UTC)).total_seconds()
+        if delay > 0:
+            time.sleep(min(delay, 60.0))
+            continue
+        ready = sorted(i for i, t in due.items() if t <= dt.datetime.now(dt.UTC))
+        _run_once(config, False, ready)
+        now = dt.datetime.now(dt.UTC)
+        for i in ready:
+            due[i] = next_run(str(config.operations[i].frequency), now)
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from fliplet_workers.sandbox.server import serve_forever
+
+    serve_forever(args.host, args.port, args.data)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from fliplet_workers.fleet.status import print_status
+
+    return print_status(args.configs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Normalise source rows into JSON-ready values and index them by primary key.
+
+Why normalise: the original agent serialises rows with JavaScript's ``JSON.stringify``, so the data
+that lands in Fliplet has JavaScript's shapes. We reproduce them, so that a switch from the original
+changes nothing in the data source and so that local and remote values compare equal:
+
+* ``datetime`` → ISO 8601 in UTC with milliseconds and ``Z`` (naive datetimes are taken as UTC),
+  ``date`` → midnight UTC in the same format, ``time`` → ``HH:MM:SS``.
+* ``Decimal`` and floats → numbers; a whole-valued float becomes an int (JavaScript has one number
+  type, so Fliplet returns ``1`` for ``1.0``); NaN and infinities become ``null`` as in JSON.
+* ``bytes`` → base64 text; ``UUID`` → its text; anything else unknown → ``str(value)``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import math
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+Key = Any  # a normalised primary key: str (lower-cased when case-insensitive), int, float…
+
+_UTC = dt.UTC
+
+
+def iso_utc(value: dt.datetime) -> str:
+    """Format like JavaScript's ``Date.prototype.toJSON``: ``2024-01-02T03:04:05.678Z``."""
+    if value.tzinfo is not None:
+        value = value.astimezone(_UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def normalise_value(value: Any) -> Any:
+    """One value as the original's JSON would carry it (see the module docstring)."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return None
+        return int(value) if value.is_integer() and abs(value) < 2**53 else value
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            return None
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dt.datetime):
+        return iso_utc(value)
+    if isinstance(value, dt.date):
+        return iso_utc(dt.datetime(value.year, value.month, value.day, tzinfo=_UTC))
+    if isinstance(value, dt.time):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): normalise_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [normalise_value(v) for v in value]
+    return str(value)
+
+
+def normalise_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row as a plain dict of JSON-ready values, column names as strings."""
+    return {str(k): normalise_value(v) for k, v in row.items()}
+
+
+def normalise_key(value: Any, case_insensitive: bool) -> Key:
+    """The key used to match a row with an entry. Types are kept ("2" is not 2), as in the original."""
+    if case_insensitive and isinstance(value, str):
+        return value.lower()
+    return value
+
+
+def is_missing_key(value: Any) -> bool:
+    """A key is missing when null or empty text. Unlike the original, ``0`` is a valid key."""
+    return value is None or value is False or (isinstance(value, str) and value.strip() == "")
+
+
+def is_flagged(value: Any) -> bool:
+    """Truthiness of a delete flag, judged as the original does (JavaScript truthiness)."""
+    if value is None or value is False:
+        return False
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value != 0 and not (isinstance(value, float) and math.isnan(value))
+    return not (isinstance(value, str) and value == "")
+
+
+def timestamp_seconds(value: Any) -> int | None:
+    """A timestamp at one-second precision, or None when it cannot be read.
+
+    Accepts ISO 8601 text (with ``Z`` or an offset; naive = UTC), datetimes, dates, and numbers
+    (milliseconds since the epoch, as a JavaScript ``Date`` takes them).
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return int(value // 1000)
+    if isinstance(value, dt.datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=_UTC)
+        return math.floor(moment.timestamp())
+    if isinstance(value, dt.date):
+        return math.floor(dt.datetime(value.year, value.month, value.day, tzinfo=_UTC).timestamp())
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            moment = dt.datetime.fromisoformat(text)
+        except ValueError:
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=_UTC)
+        return math.floor(moment.timestamp())
+    return None
+
+
+@dataclass(slots=True)
+class LocalRow:
+    """One source row, ready for the diff."""
+
+    data: dict[str, Any]
+    raw_key: Any = None  # the key as the source gave it (normalised value, original case)
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """A row that will not be sent, and why (shown to the user, counted in the summary)."""
+
+    reason: str  # "missing_key" | "duplicate_key"
+    message: str
+
+
+@dataclass
+class LocalSet:
+    """The source rows of one run, indexed by normalised key.
+
+    ``keyed`` keeps insertion (source) order, so inserts go out in the order the query returned.
+    ``unkeyed`` holds every row when the operation has no primary column (always inserted).
+    """
+
+    keyed: dict[Key, LocalRow] = field(default_factory=dict)
+    unkeyed: list[LocalRow] = field(default_factory=list)
+    skips: list[Skip] = field(default_factory=list)
+    columns: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.keyed) + len(self.unkeyed)
+
+
+def collect_rows(
+    rows: Iterable[Mapping[str, Any]],
+    primary_column: str | None,
+    *,
+    case_insensitive: bool = False,
+    delete_column: str | None = None,
+) -> LocalSet:
+    """Normalise and index source rows. Bad rows are skipped and recorded, never fatal.
+
+    A row with no key value is skipped ("A row is missing its primary key value from the
+    database. Skipping: …"); a second row with a key already seen is skipped as a duplicate.
+    """
+    out = LocalSet()
+    columns: dict[str, None] = {}
+    for number, source_row in enumerate(rows, start=1):
+        data = normalise_row(source_row)
+        for name in data:
+            if name not in columns:
+                columns[name] = None
+        deleted = bool(delete_column) and is_flagged(data.get(delete_column or ""))
+        if primary_column is None:
+            out.unkeyed.append(LocalRow(data=data, deleted=deleted))
+            continue
+        raw = data.get(primary_column)
+        if is_missing_key(raw):
+            out.skips.append(Skip(
+                "missing_key",
+                f"A row is missing its primary key value from the database. Skipping: (row {number}) {_brief(data)}",
+            ))
+            continue
+        key = normalise_key(raw, case_insensitive)
+        if key in out.keyed:
+            out.skips.append(Skip(
+                "duplicate_key",
+                f"Row {number} has the same primary key {raw!r} as an earlier row ({primary_column!r}). "
+                f"Skipping: {_brief(data)}",
+            ))
+            continue
+        out.keyed[key] = LocalRow(data=data, raw_key=raw, deleted=deleted)
+    out.columns = tuple(columns)
+    return out
+
+
+def _brief(data: Mapping[str, Any], limit: int = 300) -> str:
+    text = ", ".join(f"{k}={v!r}" for k, v in data.items())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,289 @@
+"""One run of one operation, end to end: the glue between the pure core and the adapters.
+
+The foreground agent calls :func:`run_config`; the fleet calls the same step functions
+(:func:`plan_push`, :func:`commit_batch`, :func:`finish`) from its tasks, so both behave alike.
+Messages use the wording of the original agent's log table.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import requests
+
+from fliplet_workers.config.model import Config, Operation
+from fliplet_workers.core.batches import Batch, make_batches
+from fliplet_workers.core.diff import DiffOptions, Plan, diff
+from fliplet_workers.core.retry import CommitOutcome, RetryPolicy, commit_with_retries
+from fliplet_workers.core.rows import LocalSet, collect_rows
+from fliplet_workers.core.summary import RunSummary
+from fliplet_workers.errors import AgentError
+from fliplet_workers.fliplet.client import USER_AGENT, FlipletClient
+from fliplet_workers.logs import OperationLog, for_config
+from fliplet_workers.sources.context import SourceContext, iter_source_rows, open_database
+
+Prepare = Callable[[Batch], Batch]
+
+
+@dataclass
+class OperationRun:
+    """Everything one operation's run needs, built once and passed to each step."""
+
+    config: Config
+    index: int
+    client: FlipletClient
+    log: OperationLog
+    dry_run: bool = False
+    db: Any = None
+    prepare: Prepare | None = None  # files upload + encryption, set by ``extensions.prepare_for``
+    decode_remote: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    commit_responses: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def op(self) -> Operation:
+        return self.config.operations[self.index]
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(retries=self.config.retries, delay=self.config.retry_delay)
+
+
+def connect_client(config: Config, log: OperationLog | None = None) -> FlipletClient:
+    client = FlipletClient(config.auth_token, config.api_url, ca_bundle=config.ca_bundle, timeout=config.timeout)
+    if log is not None:
+        log.info(f"User Agent for outgoing HTTP requests has been set to {USER_AGENT}")
+        log.debug(f"Regional URL has been set to {client.base_url}")
+    return client
+
+
+def authenticate(client: FlipletClient, log: OperationLog) -> dict[str, Any]:
+    log.info("Authenticating with Fliplet API...")
+    user = client.user()
+    name = user.get("email") or user.get("fullName") or "unknown user"
+    log.info(f"Authentication has been verified successfully. You're logged in as {name}")
+    return user
+
+
+def connect_database(config: Config, log: OperationLog) -> Any:
+    if config.database is None:
+        return None
+    log.info("Initialising connection with source database...")
+    db = open_database(config)
+    log.info("Connection has been established successfully.")
+    return db
+
+
+def diff_options(run: OperationRun) -> DiffOptions:
+    op = run.op
+    ignore = frozenset(f.column for f in op.files) | frozenset(f"{f.column}MediaFileId" for f in op.files)
+    return DiffOptions(
+        primary_column=op.primary_column,
+        case_insensitive=op.case_insensitive_primary_column,
+        timestamp_column=op.timestamp_column,
+        mode=op.mode,
+        ignore_columns=ignore,
+        decode_remote=run.decode_remote,
+    )
+
+
+def read_local(run: OperationRun) -> LocalSet:
+    op = run.op
+    ctx = SourceContext(db=run.db, http=requests.Session(), config=run.config)
+    try:
+        local = collect_rows(iter_source_rows(op, ctx), op.primary_column,
+                             case_insensitive=op.case_insensitive_primary_column,
+                             delete_column=op.delete_column)
+    finally:
+        ctx.http.close()
+    run.log.debug("Successfully fetched data from the source.")
+    for skip in local.skips:
+        run.log.error(skip.message)
+    return local
+
+
+def plan_push(run: OperationRun) -> tuple[Plan, list[Batch]]:
+    """Source rows + remote entries → plan → batches. Sends nothing."""
+    op = run.op
+    if op.primary_column is None:
+        run.log.warning(
+            "A primary key has not been set, which means rows will always be appended to the data source "
+            "whenever this script runs. To allow updating rows, please define a primary key to be used for "
+            "the comparison.")
+    local = read_local(run)
+    run.log.info("Fetching data via Fliplet API...")
+    counted = _Counter(run.client.iter_entries(op.datasource_id))
+    note = run.log.debug if run.log.isEnabledFor(logging.DEBUG) else None
+    plan = diff(local, counted, diff_options(run), note=note)
+    run.log.debug(f"Fetched {counted.count} entries from the data source.")
+    batches = make_batches(plan, op.batch_size, op.primary_column)
+    return plan, batches
+
+
+def commit_batch(run: OperationRun, batch: Batch, *, start_unknown: bool = False,
+                 on_attempt: Callable[[int, str | None], None] | None = None) -> CommitOutcome:
+    """Prepare (files, encryption) and commit one batch with retries that never duplicate inserts."""
+    op = run.op
+    prepared = run.prepare(batch) if run.prepare else batch
+    body_extra = (op.run_hooks, op.merge)
+
+    def send(part: Batch) -> None:
+        response = run.client.commit(op.datasource_id, part.body(*body_extra))
+        if op.on_sync is not None:
+            run.commit_responses.append(response)
+
+    def find_existing(keys: list[Any]) -> list[Any]:
+        assert op.primary_column is not None
+        return run.client.find_keys(op.datasource_id, op.primary_column, keys)
+
+    def log(level: str, message: str) -> None:
+        getattr(run.log, level)(message)
+
+    return commit_with_retries(prepared, send, find_existing if op.primary_column else None, run.policy,
+                               log=log, start_unknown=start_unknown, on_attempt=on_attempt)
+
+
+def add_outcome(summary: RunSummary, outcome: CommitOutcome) -> None:
+    summary.inserted += outcome.inserted
+    summary.updated += outcome.updated
+    summary.deleted += outcome.deleted
+    summary.skipped += outcome.rejected_entries
+    summary.errors.extend(outcome.errors)
+    summary.ok = summary.ok and outcome.committed
+
+
+def dump_dry_run(run: OperationRun, plan: Plan, batches: list[Batch]) -> None:
+    op = run.op
+    commits = [b.body(op.run_hooks, op.merge) | {"delete": None} for b in batches if b.entries]
+    for body in commits:
+        body.pop("delete")
+    run.log.info("Dry run mode is enabled. Here's a dump of the commit log we would have been sent to the "
+                 "Fliplet API: " + orjson.dumps(commits).decode())
+    run.log.info("Entries to delete: " + orjson.dumps(plan.deletes).decode())
+
+
+def summarise_plan(summary: RunSummary, plan: Plan, batches: list[Batch]) -> None:
+    summary.unchanged = plan.unchanged
+    summary.skipped += len(plan.skips)
+    summary.batches = len(batches)
+
+
+def run_push(run: OperationRun, progress: Callable[[int], None] | None = None) -> RunSummary:
+    started = time.monotonic()
+    summary = RunSummary(config=run.config.name, operation=run.index, dry_run=run.dry_run)
+    plan, batches = plan_push(run)
+    summarise_plan(summary, plan, batches)
+    counts = plan.counts()
+    run.log.info(f"Plan: {counts['insert']} to insert, {counts['update']} to update, {counts['delete']} to "
+                 f"delete, {counts['unchanged']} unchanged, {counts['skipped']} skipped.")
+    if run.dry_run:
+        dump_dry_run(run, plan, batches)
+        summary.inserted, summary.updated, summary.deleted = counts["insert"], counts["update"], counts["delete"]
+        summary.seconds = round(time.monotonic() - started, 3)
+        return summary
+    if plan.is_empty:
+        run.log.info("Nothing to commit.")
+    else:
+        workers = max(1, min(run.op.concurrency, len(batches)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for outcome in pool.map(lambda b: commit_batch(run, b), batches):
+                add_outcome(summary, outcome)
+                if progress:
+                    progress(1)
+    summary.seconds = round(time.monotonic() - started, 3)
+    finish(run, summary)
+    return summary
+
+
+def finish(run: OperationRun, summary: RunSummary) -> None:
+    """Log the end of a push and call the code config's ``onSync``."""
+    for error in summary.errors:
+        run.log.critical(f"Cannot sync data to Fliplet servers: {error}")
+    run.log.info(f"Sync finished. {summary.affected} data source entries have been affected.")
+    if run.op.on_sync is not None and not run.dry_run:
+        try:
+            run.op.on_sync({"commits": run.commit_responses, "summary": summary.to_dict()})
+        except Exception as error:  # the user's callback must not turn a good sync into a failure
+            run.log.error(f"The onSync callback failed: {type(error).__name__}: {error}")
+
+
+def run_pull(run: OperationRun) -> RunSummary:
+    started = time.monotonic()
+    op = run.op
+    summary = RunSummary(config=run.config.name, operation=run.index, dry_run=run.dry_run)
+    body: dict[str, Any] = {}
+    for name in ("where", "join", "distinct"):
+        if getattr(op, name) is not None:
+            body[name] = getattr(op, name)
+    if op.attributes is not None:
+        body["attributes"] = list(op.attributes)
+    run.log.info("Fetching data via Fliplet API...")
+    entries = run.client.query(op.datasource_id, body)
+    run.log.debug(f"Fetched {len(entries)} entries from the data source.")
+    if op.action is None:
+        run.log.info(orjson.dumps(entries).decode())
+    elif run.dry_run:
+        run.log.info(f"Dry run: the pull action would receive {len(entries)} entries.")
+    else:
+        try:
+            op.action(entries, run.db)
+        except AgentError:
+            raise
+        except Exception as error:
+            summary.ok = False
+            summary.errors.append(f"The pull action failed: {type(error).__name__}: {error}")
+            run.log.error(summary.errors[-1])
+    summary.seconds = round(time.monotonic() - started, 3)
+    return summary
+
+
+def run_operation(run: OperationRun, progress: Callable[[int], None] | None = None) -> RunSummary:
+    from fliplet_workers import extensions
+
+    if run.op.type == "pull":
+        return run_pull(run)
+    extensions.attach(run)
+    return run_push(run, progress)
+
+
+def run_config(config: Config, *, dry_run: bool = False, log: OperationLog | None = None,
+               only: Sequence[int] | None = None) -> list[RunSummary]:
+    """Run the config's operations once, in order (all, or the indexes in ``only``)."""
+    log = log or for_config(config.name)
+    client = connect_client(config, log)
+    db = None
+    try:
+        db = connect_database(config, log)
+        authenticate(client, log)
+        summaries = []
+        for index, op in enumerate(config.operations):
+            if only is not None and index not in only:
+                continue
+            log.info(f"Running operation {index + 1} of {len(config.operations)}: {op.label}")
+            run = OperationRun(config=config, index=index, client=client, log=log,
+                               dry_run=dry_run or config.is_dry_run, db=db)
+            summaries.append(run_operation(run))
+        log.info("Finished to run all operations.")
+        return summaries
+    finally:
+        client.close()
+        if db is not None:
+            db.close()
+
+
+class _Counter:
+    """Counts the remote entries as the diff consumes them."""
+
+    def __init__(self, entries: Iterator[dict[str, Any]]) -> None:
+        self._entries = entries
+        self.count = 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for entry in self._entries:
+            self.count += 1
+            yield entry

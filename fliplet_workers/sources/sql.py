@@ -1,0 +1,452 @@
+"""SQL databases as a row source, on SQLAlchemy 2 (sqlite, PostgreSQL, MySQL/MariaDB, SQL Server).
+
+* :func:`engine_url` turns a :class:`~fliplet_workers.config.model.Database` into a SQLAlchemy URL:
+  ``database_url`` wins, else the driver and parts (built with ``URL.create`` so any character in a
+  password is safe).
+* :class:`SqlSource` connects (with a ``SELECT 1`` check), **streams** query rows as dicts
+  (server-side cursor on PostgreSQL, unbuffered ``SSCursor`` on MySQL: memory stays flat whatever
+  the row count), and runs writes for pull operations' actions.
+
+Queries without parameters go to the driver verbatim, as the original agent sends them (``%``,
+``'::'`` or ``':name'`` in literals are safe); queries with a ``params`` mapping use SQLAlchemy's
+``:name`` placeholders.
+
+Errors: a failed connection raises :class:`SourceConnectError`, a failed query
+:class:`SourceQueryError`, each carrying the database's own reason with every password redacted and
+no chained driver exception (whose text or arguments could hold secrets).
+
+Values are the drivers' Python types, which ``core.rows`` normalises: Decimal, float, int, str,
+datetime (tz-aware for ``timestamptz``), date, time, bytes, UUID/str, dict/list for JSON. Two fixes
+here: ``memoryview`` (PostgreSQL ``bytea``) becomes ``bytes``, and ``timedelta`` (MySQL ``TIME``,
+PostgreSQL ``interval``) becomes a ``time`` when it is a time of day, else ``[-]H:MM:SS`` text as
+MySQL prints it. MySQL ``JSON`` columns (text on the wire) are decoded to dict/list.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+import sqlalchemy
+from sqlalchemy import URL, make_url, text
+from sqlalchemy.engine import Connection, CursorResult, Engine
+from sqlalchemy.exc import SQLAlchemyError, StatementError
+
+from fliplet_workers.config.model import Database
+from fliplet_workers.errors import SourceConnectError, SourceQueryError
+from fliplet_workers.secrets import Secret, redact
+
+#: Rows fetched per round trip while streaming.
+STREAM_BATCH = 1000
+#: Seconds to wait for a connection (and login) before giving up, for every driver.
+CONNECT_TIMEOUT = 15
+#: The ODBC driver named in ``mssql+pyodbc`` URLs built from parts (``database_native_odbc``).
+ODBC_DRIVER = "ODBC Driver 18 for SQL Server"
+
+_DIALECTS = {"postgres": "postgresql+psycopg2", "mysql": "mysql+pymysql"}
+
+#: pip package to install when a driver module is missing.
+_DRIVER_PACKAGES = {
+    "psycopg2": "psycopg2-binary",
+    "psycopg": "psycopg[binary]",
+    "pymysql": "PyMySQL",
+    "MySQLdb": "mysqlclient",
+    "pymssql": "pymssql",
+    "pyodbc": "pyodbc",
+}
+
+#: The driver keyword for the connect timeout, by (backend, driver). SQLite's ``timeout`` is how long
+#: to wait for a lock: it has no connection to wait for.
+_TIMEOUT_ARGS = {
+    ("sqlite", "*"): "timeout",
+    ("postgresql", "psycopg2"): "connect_timeout",
+    ("postgresql", "psycopg"): "connect_timeout",
+    ("postgresql", "psycopg2cffi"): "connect_timeout",
+    ("mysql", "pymysql"): "connect_timeout",
+    ("mysql", "mysqldb"): "connect_timeout",
+    ("mariadb", "pymysql"): "connect_timeout",
+    ("mssql", "pymssql"): "login_timeout",
+    ("mssql", "pyodbc"): "timeout",
+}
+
+#: MySQL's wire type code for JSON columns (``pymysql.constants.FIELD_TYPE.JSON``).
+_MYSQL_JSON = 245
+
+#: ``password=…`` / ``pwd=…`` pairs as connection strings print them.
+_KV_PASSWORD = re.compile(r"(?i)\b(password|passwd|pwd)(\s*[=:]\s*)(\{[^}]*\}|'[^']*'|\"[^\"]*\"|[^\s;,&)]+)")
+
+
+def engine_url(db: Database, base_dir: str) -> URL:
+    """The SQLAlchemy URL for ``db``. Relative SQLite paths are resolved against ``base_dir``.
+
+    Raises ``ValueError`` (with a message free of secrets) when the settings cannot make a URL.
+    """
+    if db.url:
+        try:
+            url = make_url(_reveal(db.url))
+        except Exception:
+            raise ValueError(
+                "database_url is not a valid SQLAlchemy URL (expected dialect+driver://user:password@host:port/name)"
+            ) from None
+        return _resolve_sqlite(url, base_dir)
+
+    if db.driver == "sqlite":
+        if not db.name:
+            raise ValueError("the sqlite driver needs database_name: the path of the database file")
+        return _resolve_sqlite(URL.create("sqlite", database=db.name), base_dir)
+
+    password = _reveal(db.password) if db.password is not None else None
+    host = db.host or "localhost"
+    username = db.username
+    query: dict[str, str] = {}
+    if db.driver in _DIALECTS:
+        drivername = _DIALECTS[db.driver]
+        if db.driver == "mysql":
+            query["charset"] = "utf8mb4"
+    elif db.driver == "mssql":
+        if db.instance:
+            host = f"{host}\\{db.instance}"
+        if db.domain and username:
+            username = f"{db.domain}\\{username}"
+        if db.native_odbc:
+            drivername = "mssql+pyodbc"
+            query["driver"] = ODBC_DRIVER
+            if db.encrypt is not None:
+                query["Encrypt"] = "yes" if db.encrypt else "no"
+        else:
+            drivername = "mssql+pymssql"
+            if db.encrypt is not None:
+                query["encryption"] = "require" if db.encrypt else "off"
+    else:
+        raise ValueError(f"unknown database driver {db.driver!r}: use one of sqlite, postgres, mysql, mssql")
+    return URL.create(
+        drivername, username=username, password=password, host=host, port=db.port, database=db.name, query=query
+    )
+
+
+def connect_args(url: URL) -> dict[str, Any]:
+    """Driver keyword arguments for ``url``: the connect timeout, unless the URL sets one already."""
+    backend = url.get_backend_name()
+    key = _TIMEOUT_ARGS.get((backend, url.get_driver_name()), _TIMEOUT_ARGS.get((backend, "*")))
+    if key is None or key in url.query:
+        return {}
+    return {key: CONNECT_TIMEOUT}
+
+
+class SqlSource:
+    """One database: connect, stream rows, run writes. A context manager (connects, then disposes).
+
+    >>> with SqlSource(db, base_dir) as source:          # doctest: +SKIP
+    ...     for row in source.rows("SELECT id, email FROM users"):
+    ...         ...
+    """
+
+    def __init__(self, db: Database, base_dir: str = ".", *, yield_per: int = STREAM_BATCH) -> None:
+        self.db = db
+        self.base_dir = base_dir
+        self.yield_per = yield_per
+        self._engine: Engine | None = None
+        self._url: URL | None = None
+        self._secrets = _secret_values(db)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> SqlSource:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def url(self) -> URL:
+        """The engine URL (its ``repr`` hides the password)."""
+        if self._url is None:
+            try:
+                self._url = engine_url(self.db, self.base_dir)
+            except ValueError as exc:
+                message = self._redact(str(exc))
+            else:
+                return self._url
+            raise SourceConnectError(message) from None
+        return self._url
+
+    def connect(self) -> None:
+        """Create the engine and check it with ``SELECT 1``. Idempotent.
+
+        Raises :class:`SourceConnectError` with the driver's reason (redacted).
+        """
+        if self._engine is not None:
+            return
+        url = self.url
+        message: str | None = None
+        engine: Engine | None = None
+        try:
+            _check_sqlite_file(url)
+            engine = sqlalchemy.create_engine(
+                url, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args(url)
+            )
+            with engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except _SqliteFileMissing as exc:
+            message = str(exc)
+        except Exception as exc:  # any driver / network / import failure
+            message = f"{_reason(exc, url)} ({url.render_as_string(hide_password=True)})"
+        if message is not None:
+            if engine is not None:
+                engine.dispose()
+            raise SourceConnectError(self._redact(message)) from None
+        self._engine = engine
+
+    def close(self) -> None:
+        """Dispose of the engine and its pooled connections. Idempotent."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    @property
+    def engine(self) -> Engine:
+        """The engine, connecting first if needed."""
+        self.connect()
+        assert self._engine is not None
+        return self._engine
+
+    # ------------------------------------------------------------------ reads
+
+    def rows(self, query: str, params: Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Stream the rows of ``query`` as dicts keyed by the query's column labels.
+
+        Rows are fetched ``yield_per`` at a time through a server-side cursor (PostgreSQL) or an
+        unbuffered cursor (MySQL); nothing is fetched all at once. A label used twice keeps the later
+        column's value. Nothing runs until the first row is asked for; closing the iterator early
+        releases the connection.
+
+        Raises :class:`SourceConnectError` if no connection can be made, :class:`SourceQueryError`
+        if the query fails (also mid-stream) or returns no result set.
+        """
+        engine = self.engine
+        conn = self._checkout(engine)
+        exhausted = False
+        try:
+            message: str | None = None
+            result: CursorResult[Any] | None = None
+            try:
+                streaming = conn.execution_options(stream_results=True, yield_per=self.yield_per)
+                result = _run(streaming, query, params)
+            except Exception as exc:
+                message = _reason(exc, self._url)
+            if message is None and result is not None and not result.returns_rows:
+                message = "the query returned no rows: a push query must be a SELECT (or return a result set)"
+            if message is not None or result is None:
+                raise SourceQueryError(self._redact(message or "the query failed")) from None
+
+            keys = list(map(str, result.keys()))
+            json_columns = _json_columns(result, self._url)
+            iterator = iter(result)
+            while True:
+                try:
+                    row = next(iterator)
+                except StopIteration:
+                    exhausted = True
+                    break
+                except Exception as exc:
+                    message = _reason(exc, self._url)
+                if message is not None:
+                    raise SourceQueryError(self._redact(message)) from None
+                yield _row_dict(keys, row, json_columns)
+        finally:
+            if not exhausted and self.url.get_backend_name() in ("mysql", "mariadb"):
+                # An unbuffered MySQL cursor drains every remaining row on close: drop the
+                # connection instead so an abandoned stream stops at once.
+                with contextlib.suppress(Exception):
+                    conn.invalidate()
+            conn.close()
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run any statement in a transaction and commit; return its rows (``[]`` if none).
+
+        For small reads and code configs' ``db.query``; use :meth:`rows` for large results.
+        """
+        message: str | None = None
+        out: list[dict[str, Any]] = []
+        conn = self._checkout(self.engine)
+        try:
+            with conn.begin():
+                result = _run(conn, sql, params)
+                if result.returns_rows:
+                    keys = list(map(str, result.keys()))
+                    json_columns = _json_columns(result, self._url)
+                    out = [_row_dict(keys, row, json_columns) for row in result]
+        except Exception as exc:
+            message = _reason(exc, self._url)
+        finally:
+            conn.close()
+        if message is not None:
+            raise SourceQueryError(self._redact(message)) from None
+        return out
+
+    # ------------------------------------------------------------------ writes
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
+        """Run a write in its own transaction and commit. Returns the affected row count (-1 unknown)."""
+        message: str | None = None
+        count = -1
+        conn = self._checkout(self.engine)
+        try:
+            with conn.begin():
+                count = _run(conn, sql, params).rowcount
+        except Exception as exc:
+            message = _reason(exc, self._url)
+        finally:
+            conn.close()
+        if message is not None:
+            raise SourceQueryError(self._redact(message)) from None
+        return count
+
+    # ------------------------------------------------------------------ internals
+
+    def _checkout(self, engine: Engine) -> Connection:
+        message: str | None = None
+        try:
+            return engine.connect()
+        except Exception as exc:
+            message = f"{_reason(exc, self._url)} ({self.url.render_as_string(hide_password=True)})"
+        raise SourceConnectError(self._redact(message)) from None
+
+    def _redact(self, text_: str) -> str:
+        """``secrets.redact`` plus this database's own password(s), however short, and key=value pairs."""
+        out = redact(text_)
+        for value in self._secrets:
+            if len(value) >= 4:
+                out = out.replace(value, "***")
+            else:  # a very short password: only where it stands alone, not inside other words
+                out = re.sub(rf"(?<![\w]){re.escape(value)}(?![\w])", "***", out)
+        return _KV_PASSWORD.sub(lambda m: f"{m.group(1)}{m.group(2)}***", out)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+class _SqliteFileMissing(Exception):
+    pass
+
+
+def _reveal(value: str) -> str:
+    return value.reveal() if isinstance(value, Secret) else str(value)
+
+
+def _resolve_sqlite(url: URL, base_dir: str) -> URL:
+    """Resolve a relative SQLite path against ``base_dir`` (the config file's folder)."""
+    if url.get_backend_name() != "sqlite":
+        return url
+    name = url.database or ""
+    if not name or name == ":memory:" or name.startswith("file:") or url.query.get("uri"):
+        return url
+    path = os.path.expanduser(name)
+    if not os.path.isabs(path):
+        path = os.path.join(os.path.abspath(base_dir), path)
+    return url.set(database=os.path.normpath(path))
+
+
+def _check_sqlite_file(url: URL) -> None:
+    """SQLite would silently create a missing file (then fail on "no such table"): say so instead."""
+    if url.get_backend_name() != "sqlite":
+        return
+    name = url.database or ""
+    if not name or name == ":memory:" or name.startswith("file:") or url.query.get("uri"):
+        return
+    if not os.path.isfile(name):
+        raise _SqliteFileMissing(f"SQLite database file not found: {name}")
+
+
+def _secret_values(db: Database) -> list[str]:
+    """Every form in which this database's passwords could show up in a driver's message."""
+    values: set[str] = set()
+    if db.password:
+        values.add(_reveal(db.password))
+    if db.url:
+        raw = _reveal(db.url)
+        try:
+            password = make_url(raw).password
+        except Exception:
+            values.add(raw)  # a URL that does not parse: hide the whole thing
+        else:
+            if password:
+                values.add(str(password))
+    for value in list(values):
+        values.update({quote(value, safe=""), quote_plus(value)})
+    return sorted((v for v in values if v), key=len, reverse=True)
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _reason(exc: BaseException, url: URL | None) -> str:
+    """The database's own words for ``exc`` (not SQLAlchemy's wrapper with SQL and parameters)."""
+    source: BaseException = exc
+    if isinstance(exc, StatementError) and isinstance(exc.orig, BaseException):
+        source = exc.orig
+    if isinstance(source, ImportError):
+        module = (source.name or "").split(".")[0]
+        package = _DRIVER_PACKAGES.get(module, module or "the driver")
+        dialect = url.drivername if url is not None else "this database"
+        return f"the Python driver for {dialect} is not installed ({source}): pip install {package}"
+    args: tuple[Any, ...] = tuple(getattr(source, "args", ()))
+    if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str | bytes):
+        # PyMySQL / pymssql: (error code, message)
+        text_ = f"{_text(args[1]).strip()} (error {args[0]})"
+    elif isinstance(source, SQLAlchemyError):
+        text_ = _text(args[0]) if args else ""  # str() would add SQLAlchemy's "background" link
+    else:
+        text_ = str(source)
+    text_ = text_.strip()
+    return text_ or type(source).__name__
+
+
+def _run(conn: Connection, sql: str, params: Mapping[str, Any] | None) -> CursorResult[Any]:
+    if params:
+        return conn.execute(text(sql), dict(params))
+    return conn.exec_driver_sql(sql)
+
+
+def _json_columns(result: CursorResult[Any], url: URL | None) -> frozenset[int]:
+    """Positions of MySQL JSON columns, which PyMySQL hands over as text."""
+    if url is None or url.get_backend_name() not in ("mysql", "mariadb"):
+        return frozenset()
+    description = getattr(result.cursor, "description", None) or ()
+    return frozenset(i for i, col in enumerate(description) if len(col) > 1 and col[1] == _MYSQL_JSON)
+
+
+def _row_dict(keys: list[str], row: Any, json_columns: frozenset[int]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for i, (key, value) in enumerate(zip(keys, row, strict=True)):
+        if isinstance(value, memoryview | bytearray):
+            value = bytes(value)
+        elif isinstance(value, dt.timedelta):
+            value = _time_of(value)
+        elif i in json_columns and isinstance(value, str | bytes):
+            with contextlib.suppress(ValueError):
+                value = json.loads(value)
+        out[key] = value
+    return out
+
+
+def _time_of(value: dt.timedelta) -> dt.time | str:
+    """A duration as a time of day when it is one, else MySQL's ``[-]H:MM:SS[.ffffff]`` text."""
+    if dt.timedelta(0) <= value < dt.timedelta(days=1):
+        return (dt.datetime.min + value).time()
+    sign = "-" if value < dt.timedelta(0) else ""
+    value = abs(value)
+    hours, rest = divmod(value.days * 86400 + value.seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    frac = f".{value.microseconds:06d}" if value.microseconds else ""
+    return f"{sign}{hours:02d}:{minutes:02d}:{seconds:02d}{frac}"

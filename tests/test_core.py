@@ -1,0 +1,244 @@
+"""Unit tests of the pure core: rows, diff, batches, retries. No servers needed."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from fliplet_workers.core.batches import Batch, make_batches
+from fliplet_workers.core.diff import DiffOptions, diff
+from fliplet_workers.core.retry import RetryPolicy, commit_with_retries
+from fliplet_workers.core.rows import collect_rows, normalise_value, timestamp_seconds
+from fliplet_workers.errors import ApiError, AuthError
+
+
+def entry(entry_id: int, **data: Any) -> dict[str, Any]:
+    return {"id": entry_id, "data": data}
+
+
+# -- rows ----------------------------------------------------------------------------------------
+
+def test_values_are_normalised_like_javascript_json() -> None:
+    assert normalise_value(dt.datetime(2024, 1, 2, 3, 4, 5, 678900)) == "2024-01-02T03:04:05.678Z"
+    plus_two = dt.timezone(dt.timedelta(hours=2))
+    assert normalise_value(dt.datetime(2024, 1, 2, 5, 4, 5, tzinfo=plus_two)) == "2024-01-02T03:04:05.000Z"
+    assert normalise_value(dt.date(2024, 1, 2)) == "2024-01-02T00:00:00.000Z"
+    assert normalise_value(Decimal("12.50")) == 12.5
+    assert normalise_value(Decimal("12.00")) == 12 and isinstance(normalise_value(Decimal("12.00")), int)
+    assert normalise_value(3.0) == 3 and isinstance(normalise_value(3.0), int)
+    assert normalise_value(float("nan")) is None
+    assert normalise_value(b"\x00\x01") == "AAE="
+
+
+def test_timestamps_compare_at_one_second() -> None:
+    assert timestamp_seconds("2024-01-02T03:04:05.678Z") == timestamp_seconds("2024-01-02T03:04:05Z")
+    assert timestamp_seconds("2024-01-02 03:04:05") == timestamp_seconds("2024-01-02T03:04:05.999+00:00")
+    assert timestamp_seconds("not a date") is None
+    assert timestamp_seconds(1704164645678) == 1704164645
+
+
+def test_collect_skips_missing_and_duplicate_keys_and_keeps_zero() -> None:
+    local = collect_rows([{"id": 0}, {"id": None}, {"id": ""}, {"id": 1}, {"id": 1, "x": 2}], "id")
+    assert sorted(local.keyed) == [0, 1]
+    assert [s.reason for s in local.skips] == ["missing_key", "missing_key", "duplicate_key"]
+    assert "missing its primary key" in local.skips[0].message
+
+
+def test_case_insensitive_keys_collide() -> None:
+    local = collect_rows([{"id": "AB"}, {"id": "ab"}], "id", case_insensitive=True)
+    assert list(local.keyed) == ["ab"] and local.skips[0].reason == "duplicate_key"
+
+
+# -- diff ----------------------------------------------------------------------------------------
+
+def run_diff(rows: list[dict[str, Any]], remote: list[dict[str, Any]], **opts: Any) -> Any:
+    delete_column = opts.pop("delete_column", None)
+    options = DiffOptions(primary_column=opts.pop("pk", "id"), **opts)
+    local = collect_rows(rows, options.primary_column, case_insensitive=options.case_insensitive,
+                         delete_column=delete_column)
+    return diff(local, iter(remote), options)
+
+
+def test_first_sync_inserts_everything() -> None:
+    plan = run_diff([{"id": 1}, {"id": 2}], [])
+    assert [r.data["id"] for r in plan.inserts] == [1, 2] and not plan.updates and not plan.deletes
+
+
+def test_unchanged_rows_send_nothing_without_timestamp() -> None:
+    plan = run_diff([{"id": 1, "name": "a"}], [entry(10, id=1, name="a", extra="kept")])
+    assert plan.is_empty and plan.unchanged == 1
+
+
+def test_changed_content_updates_without_timestamp() -> None:
+    plan = run_diff([{"id": 1, "name": "b"}], [entry(10, id=1, name="a")])
+    assert [(i, r.data["name"]) for i, r in plan.updates] == [(10, "b")]
+
+
+def test_timestamp_decides_when_both_parse() -> None:
+    rows = [{"id": 1, "name": "new", "ts": "2024-01-01T00:00:00.400Z"},
+            {"id": 2, "name": "x", "ts": "2024-01-02T00:00:00Z"}]
+    remote = [entry(10, id=1, name="old", ts="2024-01-01T00:00:00.000Z"),
+              entry(11, id=2, name="x", ts="2024-01-01T00:00:00Z")]
+    plan = run_diff(rows, remote, timestamp_column="ts")
+    assert [i for i, _ in plan.updates] == [11]  # row 1: same second → no update despite new name
+    assert plan.unchanged == 1
+
+
+def test_unreadable_timestamp_falls_back_to_content() -> None:
+    plan = run_diff([{"id": 1, "ts": "garbage", "v": 2}], [entry(10, id=1, ts="garbage", v=1)],
+                    timestamp_column="ts")
+    assert [i for i, _ in plan.updates] == [10]
+
+
+def test_delete_column() -> None:
+    rows = [{"id": 1, "gone": "2024-01-01"}, {"id": 2, "gone": "2024-01-01"}, {"id": 3, "gone": None},
+            {"id": 4, "gone": 0}]
+    remote = [entry(10, id=1, gone=None), entry(13, id=3, gone=None), entry(14, id=4, gone=None)]
+    plan = run_diff(rows, remote, delete_column="gone")
+    assert plan.deletes == [10]
+    assert plan.absent_deleted == 1 and not plan.inserts  # row 2: deleted locally, absent remotely
+    assert [i for i, _ in plan.updates] == [14]  # 0 is not a delete flag (JS truthiness) but a new value
+
+
+def test_replace_mode_deletes_orphans_and_duplicates_update_mode_keeps_them() -> None:
+    remote = [entry(10, id=1), entry(11, id=9), entry(12, id=1)]
+    assert run_diff([{"id": 1}], remote, mode="replace").deletes == [11, 12]
+    assert run_diff([{"id": 1}], remote, mode="update").deletes == []
+
+
+def test_case_insensitive_match() -> None:
+    plan = run_diff([{"id": "ABC", "v": 1}], [entry(10, id="abc", v=1)], case_insensitive=True)
+    assert not plan.inserts and [i for i, _ in plan.updates] == [10]  # matched; the key's case is updated
+    plan = run_diff([{"id": "ABC", "v": 1}], [entry(10, id="ABC", v=1)], case_insensitive=True)
+    assert plan.unchanged == 1
+    plan = run_diff([{"id": "ABC", "v": 1}], [entry(10, id="abc", v=1)])
+    assert len(plan.inserts) == 1
+
+
+def test_key_types_are_kept() -> None:
+    plan = run_diff([{"id": "2"}], [entry(10, id=2)])
+    assert len(plan.inserts) == 1
+
+
+def test_boolean_and_number_differ() -> None:
+    plan = run_diff([{"id": 1, "flag": True}], [entry(10, id=1, flag=1)])
+    assert len(plan.updates) == 1
+
+
+def test_no_primary_key_appends_everything() -> None:
+    plan = run_diff([{"a": 1}, {"a": 1}], [entry(10, a=1)], pk=None)
+    assert len(plan.inserts) == 2 and plan.remote_count == 1
+
+
+def test_ignored_columns_and_decoder() -> None:
+    plan = run_diff([{"id": 1, "photo": "/tmp/a.jpg", "secret": "x"}],
+                    [entry(10, id=1, photo="https://cdn/a.jpg", secret="ENC(x)")],
+                    ignore_columns=frozenset({"photo"}),
+                    decode_remote=lambda d: {**d, "secret": d["secret"][4:-1]})
+    assert plan.unchanged == 1
+
+
+def test_diff_notes_use_the_original_wording() -> None:
+    notes: list[str] = []
+    options = DiffOptions(primary_column="id")
+    diff(collect_rows([{"id": 1}, {"id": 2}], "id"), iter([entry(5, id=1)]), options, note=notes.append)
+    assert "Row 2 has been marked for inserting." in notes
+    assert "Row 1 already exists on Fliplet servers with ID 5 and does not require updating." in notes
+
+
+# -- batches -------------------------------------------------------------------------------------
+
+def test_batches_split_entries_and_send_deletes_once() -> None:
+    plan = run_diff([{"id": i} for i in range(5)] + [{"id": 99, "v": 2}],
+                    [entry(1000 + i, id=100 + i) for i in range(3)] + [entry(7, id=99, v=1)], mode="replace")
+    batches = make_batches(plan, 2, "id")
+    assert [len(b.entries) for b in batches] == [2, 2, 2]
+    assert batches[0].entries[0] == {"id": 7, "data": {"id": 99, "v": 2}}
+    assert [b.delete for b in batches] == [[1000, 1001], [1002], []]
+    assert sorted(k for b in batches for k in b.insert_keys) == [0, 1, 2, 3, 4]
+    body = batches[2].body(("insert",), True)
+    assert body == {"append": True, "entries": batches[2].entries, "runHooks": ["insert"], "extend": True}
+
+
+def test_delete_only_batches() -> None:
+    plan = run_diff([], [entry(i, id=i) for i in range(5)], mode="replace")
+    batches = make_batches(plan, 2, "id")
+    assert [b.delete for b in batches] == [[0, 1], [2, 3], [4]] and all(not b.entries for b in batches)
+
+
+def test_batch_roundtrip() -> None:
+    batch = Batch(3, [{"data": {"id": 1}}], [4], [1])
+    assert Batch.from_dict(batch.to_dict()) == batch
+
+
+# -- retries -------------------------------------------------------------------------------------
+
+class FakeRemote:
+    """A tiny in-memory remote with a script of failures, to exercise the retry rules."""
+
+    def __init__(self, script: list[str]) -> None:
+        self.script = script
+        self.rows: list[dict[str, Any]] = []
+        self.sent = 0
+
+    def send(self, batch: Batch) -> None:
+        self.sent += 1
+        step = self.script.pop(0) if self.script else "ok"
+        if step == "500":
+            raise ApiError("boom (HTTP 500)", status=500)
+        if any(e["data"].get("bad") for e in batch.entries):
+            raise ApiError("bad entry (HTTP 400)", status=400)
+        if step == "401":
+            raise AuthError("nope")
+        self.rows.extend(e["data"] for e in batch.entries if "id" not in e)
+        if step == "drop":
+            raise ApiError("connection lost", outcome_unknown=True)
+
+    def find(self, keys: list[Any]) -> list[Any]:
+        return [r["id"] for r in self.rows if r["id"] in keys]
+
+
+def batch_of(*ids: int, bad: int | None = None) -> Batch:
+    return Batch(1, [{"data": {"id": i, "bad": i == bad}} for i in ids], [], list(ids))
+
+
+def test_retry_after_500_then_drop_inserts_exactly_once() -> None:
+    remote = FakeRemote(["500", "500", "drop"])
+    waits: list[float] = []
+    outcome = commit_with_retries(batch_of(1, 2, 3), remote.send, remote.find, RetryPolicy(delay=0.5),
+                                  sleep=waits.append)
+    assert sorted(r["id"] for r in remote.rows) == [1, 2, 3]
+    assert outcome.committed and outcome.inserted == 3 and outcome.already_applied == 3
+    assert waits == [0.5, 1.0, 2.0] and remote.sent == 3
+
+
+def test_gives_up_after_the_configured_retries() -> None:
+    remote = FakeRemote(["500"] * 10)
+    outcome = commit_with_retries(batch_of(1), remote.send, remote.find, RetryPolicy(retries=2),
+                                  sleep=lambda _: None)
+    assert not outcome.committed and remote.sent == 3 and "HTTP 500" in outcome.errors[0]
+
+
+def test_refused_batch_is_bisected_and_only_the_bad_row_skipped() -> None:
+    remote = FakeRemote([])
+    outcome = commit_with_retries(batch_of(1, 2, 3, 4, 5, bad=4), remote.send, remote.find, RetryPolicy(),
+                                  sleep=lambda _: None)
+    assert sorted(r["id"] for r in remote.rows) == [1, 2, 3, 5]
+    assert outcome.rejected_entries == 1 and outcome.inserted == 4 and outcome.committed
+
+
+def test_auth_errors_stop_immediately() -> None:
+    remote = FakeRemote(["401"])
+    with pytest.raises(AuthError):
+        commit_with_retries(batch_of(1), remote.send, remote.find, RetryPolicy(), sleep=lambda _: None)
+
+
+def test_start_unknown_replans_before_sending() -> None:
+    remote = FakeRemote([])
+    remote.rows = [{"id": 1}, {"id": 2}]
+    outcome = commit_with_retries(batch_of(1, 2, 3), remote.send, remote.find, RetryPolicy(),
+                                  sleep=lambda _: None, start_unknown=True)
+    assert sorted(r["id"] for r in remote.rows) == [1, 2, 3] and outcome.inserted == 3

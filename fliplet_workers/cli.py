@@ -52,9 +52,13 @@ def _parser() -> argparse.ArgumentParser:
 
     sandbox = sub.add_parser("sandbox", help="Run a local Fliplet-compatible API server (offline rehearsals).")
     sandbox.add_argument("--host", default="127.0.0.1")
-    sandbox.add_argument("--port", type=int, default=8642)
+    sandbox.add_argument("--port", type=int, default=8765)
     sandbox.add_argument("--data", default=None, help="JSON file holding the sandbox state (kept across runs)")
     sandbox.set_defaults(handler=cmd_sandbox)
+
+    demo = sub.add_parser("demo", help="Run configs/demo.yml end to end against a local sandbox (offline).")
+    demo.add_argument("--config", default="configs/demo.yml")
+    demo.set_defaults(handler=cmd_demo)
 
     status = sub.add_parser("status", help="Fleet: list configs, their next run, last runs and invalid configs.")
     status.add_argument("--configs", default=None, help="config directory (default: $FLIPLET_CONFIG_DIR or ./configs)")
@@ -156,6 +160,12 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
     serve_forever(args.host, args.port, args.data)
     return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fliplet_workers.demo import main as demo
+
+    return demo(args.config)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

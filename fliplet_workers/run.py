@@ -159,9 +159,8 @@ def add_outcome(summary: RunSummary, outcome: CommitOutcome) -> None:
 
 def dump_dry_run(run: OperationRun, plan: Plan, batches: list[Batch]) -> None:
     op = run.op
-    commits = [b.body(op.run_hooks, op.merge) | {"delete": None} for b in batches if b.entries]
-    for body in commits:
-        body.pop("delete")
+    commits = [{k: v for k, v in b.body(op.run_hooks, op.merge).items() if k != "delete"}
+               for b in batches if b.entries]
     run.log.info("Dry run mode is enabled. Here's a dump of the commit log we would have been sent to the "
                  "Fliplet API: " + orjson.dumps(commits).decode())
     run.log.info("Entries to delete: " + orjson.dumps(plan.deletes).decode())

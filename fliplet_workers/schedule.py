@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
-from croniter import CroniterError
+from croniter import CroniterError, croniter
 
 __all__ = ["Schedule", "next_run", "seconds_until_next", "validate_cron"]
 
@@ -65,7 +64,10 @@ def _value(text: str, spec: _Field) -> tuple[int | None, str | None]:
         return spec.names[upper], None
     if spec.names:
         known = ", ".join(spec.names)
-        return None, f"{spec.name} value '{text}' is neither a number ({spec.low}-{spec.high}) nor a name ({known})"
+        return (
+            None,
+            f"{spec.name} value '{text}' is neither a number ({spec.low}-{spec.high}) nor a name ({known})",
+        )
     return None, f"{spec.name} value '{text}' is not a number ({spec.low}-{spec.high})"
 
 

@@ -77,14 +77,15 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     Raises :class:`ConfigError` listing every problem found.
     """
     # Imported here: both modules build on the helpers below.
-    from fliplet_workers.config import code_config, yaml_config
+    from fliplet_workers.config.code_config import load_code_config
+    from fliplet_workers.config.yaml_config import load_yaml_config
 
     file = Path(path)
     suffix = file.suffix.lower()
     if suffix in YAML_SUFFIXES:
-        return yaml_config.load_yaml_config(file)
+        return load_yaml_config(file)
     if suffix in CODE_SUFFIXES:
-        return code_config.load_code_config(file)
+        return load_code_config(file)
     raise ConfigError(
         str(path),
         [f"{file.name}: unsupported config file type '{suffix or '(none)'}'; use .yml, .yaml or .py"],
@@ -473,7 +474,9 @@ class Section:
                 ok = False
             elif choices is not None and text not in choices:
                 self.report.add(
-                    f"option '{label}' must be one of {', '.join(choices)}, got {shown(text)}", at, self.prefix
+                    f"option '{label}' must be one of {', '.join(choices)}, got {shown(text)}",
+                    at,
+                    self.prefix,
                 )
                 ok = False
             elif text not in out:
@@ -495,17 +498,22 @@ class Section:
         if value is None:
             return None
         return Section(
-            self.report, value, self.where(canonical), spellings, prefix=self.prefix, display=f"{self.name(canonical)}."
+            self.report,
+            value,
+            self.where(canonical),
+            spellings,
+            prefix=self.prefix,
+            display=f"{self.name(canonical)}.",
         )
 
-    def function(self, canonical: str, *arities: int) -> tuple[Callable[..., Any], int] | None:
+    def function(self, canonical: str, *arities: int, shape: str) -> tuple[Callable[..., Any], int] | None:
         """A callable and how many positional arguments to call it with (the first of ``arities``
-        it accepts)."""
+        it accepts). ``shape`` shows the expected signature in problems, e.g. "source(http)"."""
         value = self._get(canonical, False)
         if value is ABSENT:
             return None
         if not callable(value):
-            self.problem(canonical, f"must be a function, got {shown(value)}")
+            self.problem(canonical, f"must be a function like {shape}, got {shown(value)}")
             return None
         try:
             signature = inspect.signature(value)
@@ -517,8 +525,7 @@ class Section:
             except TypeError:
                 continue
             return value, arity
-        wanted = " or ".join(str(a) for a in arities)
-        self.problem(canonical, f"must be a function taking {wanted} argument(s)")
+        self.problem(canonical, f"must be a function like {shape}: it cannot be called that way")
         return None
 
 
@@ -588,8 +595,19 @@ def read_database(
     def opt(part: str) -> str:
         return prefix + part
 
-    names = ("driver", "host", "port", "name", "username", "password", "domain", "instance", "encrypt")
-    names += ("native_odbc", "url")
+    names = (
+        "driver",
+        "host",
+        "port",
+        "name",
+        "username",
+        "password",
+        "domain",
+        "instance",
+        "encrypt",
+        "native_odbc",
+        "url",
+    )
     if not any(sec.given(opt(n)) for n in names if opt(n) in sec.preferred) and extra is None:
         return None
 
@@ -604,7 +622,10 @@ def read_database(
         try:
             url = make_url(url_text.reveal() if isinstance(url_text, Secret) else url_text)
         except (ArgumentError, ValueError):
-            sec.problem(opt("url"), "is not a valid SQLAlchemy URL (dialect+driver://user:password@host:port/database)")
+            sec.problem(
+                opt("url"),
+                "is not a valid SQLAlchemy URL (dialect+driver://user:password@host:port/database)",
+            )
         else:
             url_driver = _URL_BACKENDS.get(url.get_backend_name())
             if url_driver is None:
@@ -617,7 +638,9 @@ def read_database(
                 if not database_file.is_absolute():
                     url = url.set(database=str((base_dir / database_file).resolve()))
             if driver is not None and url_driver is not None and driver != url_driver:
-                sec.problem(opt("driver"), f"is '{driver}' but '{sec.name(opt('url'))}' is a {url_driver} URL")
+                sec.problem(
+                    opt("driver"), f"is '{driver}' but '{sec.name(opt('url'))}' is a {url_driver} URL"
+                )
             for part in _URL_PARTS:
                 if sec.has(opt(part)):
                     sec.problem(opt(part), f"cannot be used together with '{sec.name(opt('url'))}'")
@@ -692,7 +715,9 @@ def read_files(sec: Section, canonical: str) -> tuple[FileColumn, ...] | None:
     for item, at, label in items:
         if not isinstance(item, Mapping):
             sec.report.add(
-                f"option '{label}' must be a mapping with 'column' and 'type', got {shown(item)}", at, sec.prefix
+                f"option '{label}' must be a mapping with 'column' and 'type', got {shown(item)}",
+                at,
+                sec.prefix,
             )
             ok = False
             continue
@@ -714,7 +739,9 @@ def read_files(sec: Section, canonical: str) -> tuple[FileColumn, ...] | None:
             if value is BROKEN:
                 continue
             if not isinstance(text, str):
-                entry.report.add(f"option '{entry.name('headers')}.{header}' must be a string", at_header, sec.prefix)
+                entry.report.add(
+                    f"option '{entry.name('headers')}.{header}' must be a string", at_header, sec.prefix
+                )
                 continue
             secrets.register(text)
             headers[str(header)] = Secret(text)
@@ -759,12 +786,19 @@ def read_encrypt(sec: Section, canonical: str, primary_column: str | None) -> En
     key = enc.text("key", secret=True)
     salt = enc.text("salt", secret=True)
     if key is not None and salt is not None:
-        enc.problem("salt", f"cannot be used together with '{enc.name('key')}': the salt only protects a key Fliplet manages")
+        enc.problem(
+            "salt",
+            f"cannot be used together with '{enc.name('key')}': the salt only protects a key Fliplet manages",
+        )
     if fields and primary_column is not None and primary_column in fields:
-        enc.problem("fields", f"lists the primary column '{primary_column}': You cannot encrypt the Primary Key")
+        enc.problem(
+            "fields", f"lists the primary column '{primary_column}': You cannot encrypt the Primary Key"
+        )
     if len(sec.report.problems) > before or not fields:
         return None
-    return Encryption(fields=fields, key=key if key is None else Secret(key), salt=salt if salt is None else Secret(salt))
+    return Encryption(
+        fields=fields, key=key if key is None else Secret(key), salt=salt if salt is None else Secret(salt)
+    )
 
 
 OperationHook = Callable[[Section, str, dict[str, Any]], None]
@@ -833,5 +867,12 @@ def read_operation(
 
 
 def fail_if_problems(path: Path, report: Report) -> None:
+    """Raise every problem found so far, whole-file ones first, then in line order."""
     if report.problems:
-        raise ConfigError(str(path), report.problems)
+        prefix = re.compile(re.escape(report.label) + r":(\d+):")
+
+        def line(problem: str) -> int:
+            match = prefix.match(problem)
+            return int(match.group(1)) if match else 0
+
+        raise ConfigError(str(path), sorted(report.problems, key=line))

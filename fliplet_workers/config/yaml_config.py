@@ -36,8 +36,16 @@ from fliplet_workers.config.model import Config
 
 __all__ = ["YAML_OPTIONS", "load_yaml_config"]
 
-SETTINGS = ("auth_token", "api_url", "ca_bundle", "sync_on_init", "log_verbosity", "retries", "timeout")
-SETTINGS += ("retry_delay",)
+SETTINGS = (
+    "auth_token",
+    "api_url",
+    "ca_bundle",
+    "sync_on_init",
+    "log_verbosity",
+    "retries",
+    "timeout",
+    "retry_delay",
+)
 DATABASE = tuple(
     f"database_{part}"
     for part in (
@@ -90,12 +98,13 @@ def load_yaml_config(path: Path) -> Config:
     fail_if_problems(path, report)
     assert text is not None
     data = parse_yaml(text, report)
-    fail_if_problems(path, report)
     if data is None:
+        fail_if_problems(path, report)  # a syntax error: nothing more to say
         report.add("the file is empty; expected options such as 'auth_token: ...'")
     elif not isinstance(data, dict):
         report.add(f"the file must be a mapping of options such as 'auth_token: ...', got {shown(data)}")
-    fail_if_problems(path, report)
+    if not isinstance(data, dict):
+        fail_if_problems(path, report)
     assert isinstance(data, dict)
     data = substitute_env(data, (), report)
 
@@ -133,7 +142,9 @@ def parse_yaml(text: str, report: Report) -> Any:
         mark = exc.problem_mark or exc.context_mark
         what = "; ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
         if mark is not None:
-            report.problems.append(f"{report.label}:{mark.line + 1}: YAML syntax error at column {mark.column + 1}: {what}")
+            report.problems.append(
+                f"{report.label}:{mark.line + 1}: YAML syntax error at column {mark.column + 1}: {what}"
+            )
         else:
             report.add(f"YAML syntax error: {what}")
     except _TooLarge as exc:
@@ -175,7 +186,8 @@ class _Converter:
                 self.report.lines[path] = line
                 if key in first_line:
                     self.report.add(
-                        f"option '{display_path(path)}' is given twice (first on line {first_line[key]})", path
+                        f"option '{display_path(path)}' is given twice (first on line {first_line[key]})",
+                        path,
                     )
                 first_line.setdefault(key, line)
                 out[key] = self.convert(value_node, path, inner)

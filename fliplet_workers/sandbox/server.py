@@ -339,9 +339,11 @@ def sandbox_create_data_source(app: App, req: Request) -> Reply:
     tokens = body.get("tokens", [DEMO_TOKEN])
     if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
         raise bad_request("tokens must be a list of strings")
+    org = body.get("organizationId", 1)
+    if not isinstance(org, int):
+        raise bad_request("organizationId must be an integer")
     try:
-        ds_id = app.store.create_data_source(body["name"], int(body.get("organizationId", 1)), tokens,
-                                             body.get("type"))
+        ds_id = app.store.create_data_source(body["name"], org, tokens, body.get("type"))
     except KeyError as exc:
         raise SandboxError(404, str(exc.args[0])) from None
     return json_reply({"id": ds_id})
@@ -351,9 +353,11 @@ def sandbox_add_token(app: App, req: Request) -> Reply:
     body = req.json()
     if not isinstance(body, dict) or not isinstance(body.get("token"), str) or not body["token"]:
         raise bad_request('Expected {"token": ..., "email"?: ..., "dataSourceIds"?: [...]}')
+    ds_ids = body.get("dataSourceIds", [])
+    if not isinstance(ds_ids, list) or not all(isinstance(i, int) for i in ds_ids):
+        raise bad_request("dataSourceIds must be a list of integers")
     try:
-        app.store.add_token(body["token"], str(body.get("email", "tester@example.com")),
-                            [int(i) for i in body.get("dataSourceIds", [])])
+        app.store.add_token(body["token"], str(body.get("email", "tester@example.com")), ds_ids)
     except KeyError as exc:
         raise SandboxError(404, str(exc.args[0])) from None
     return json_reply({"ok": True})

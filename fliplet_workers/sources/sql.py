@@ -79,7 +79,7 @@ _TIMEOUT_ARGS = {
 _MYSQL_JSON = 245
 
 #: ``password=…`` / ``pwd=…`` pairs as connection strings print them.
-_KV_PASSWORD = re.compile(r"(?i)\b(password|passwd|pwd)(\s*[=:]\s*)(\{[^}]*\}|'[^']*'|\"[^\"]*\"|[^\s;,&)]+)")
+_KV_PASSWORD = re.compile(r"(?i)\b(password|passwd|pwd)(\s*=\s*)(\{[^}]*\}|'[^']*'|\"[^\"]*\"|[^\s;,&)]+)")
 
 
 def engine_url(db: Database, base_dir: str) -> URL:
@@ -242,7 +242,7 @@ class SqlSource:
             except Exception as exc:
                 message = _reason(exc, self._url)
             if message is None and result is not None and not result.returns_rows:
-                message = "the query returned no rows: a push query must be a SELECT (or return a result set)"
+                message = "the query does not return rows (a push query must be a SELECT)"
             if message is not None or result is None:
                 raise SourceQueryError(self._redact(message or "the query failed")) from None
 
@@ -401,21 +401,27 @@ def _reason(exc: BaseException, url: URL | None) -> str:
         dialect = url.drivername if url is not None else "this database"
         return f"the Python driver for {dialect} is not installed ({source}): pip install {package}"
     args: tuple[Any, ...] = tuple(getattr(source, "args", ()))
-    if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str | bytes):
+    diag = getattr(source, "diag", None)  # psycopg2: the server's message without our DECLARE wrapper
+    primary = getattr(diag, "message_primary", None)
+    if primary:
+        detail, hint = getattr(diag, "message_detail", None), getattr(diag, "message_hint", None)
+        text_ = str(primary) + (f" ({detail})" if detail else "") + (f" Hint: {hint}" if hint else "")
+    elif len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str | bytes):
         # PyMySQL / pymssql: (error code, message)
         text_ = f"{_text(args[1]).strip()} (error {args[0]})"
     elif isinstance(source, SQLAlchemyError):
         text_ = _text(args[0]) if args else ""  # str() would add SQLAlchemy's "background" link
     else:
         text_ = str(source)
-    text_ = text_.strip()
+    text_ = re.sub(r"\s*\n\s*", " ", text_.strip())  # one line, for the log table
     return text_ or type(source).__name__
 
 
 def _run(conn: Connection, sql: str, params: Mapping[str, Any] | None) -> CursorResult[Any]:
     if params:
         return conn.execute(text(sql), dict(params))
-    return conn.exec_driver_sql(sql)
+    # no_parameters: cursor.execute(sql) with no parameter collection, so "%" needs no escaping
+    return conn.execution_options(no_parameters=True).exec_driver_sql(sql)
 
 
 def _json_columns(result: CursorResult[Any], url: URL | None) -> frozenset[int]:

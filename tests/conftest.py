@@ -32,11 +32,13 @@ S = TypeVar("S", bound=Server)
 
 def _serve(server: S) -> Iterator[S]:
     """Start ``server`` for the session (failing the test with the reason if it cannot), then stop it."""
+    problem = None
     try:
         server.start()
     except ServerError as exc:
-        server.stop()
-        pytest.fail(f"cannot start {server.name} for the tests: {exc}", pytrace=False)
+        problem = f"cannot start {server.name} for the tests: {exc}"
+    if problem:
+        pytest.fail(problem, pytrace=False)
     try:
         yield server
     finally:

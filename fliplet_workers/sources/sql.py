@@ -264,9 +264,9 @@ class SqlSource:
             if not exhausted and self.url.get_backend_name() in ("mysql", "mariadb"):
                 # An unbuffered MySQL cursor drains every remaining row on close: drop the
                 # connection instead so an abandoned stream stops at once.
-                with contextlib.suppress(Exception):
-                    conn.invalidate()
-            conn.close()
+                _abandon_mysql_stream(conn)
+            with contextlib.suppress(Exception):  # e.g. the server went away after the last row
+                conn.close()
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run any statement in a transaction and commit; return its rows (``[]`` if none).
@@ -405,7 +405,7 @@ def _reason(exc: BaseException, url: URL | None) -> str:
     primary = getattr(diag, "message_primary", None)
     if primary:
         detail, hint = getattr(diag, "message_detail", None), getattr(diag, "message_hint", None)
-        text_ = str(primary) + (f" ({detail})" if detail else "") + (f" Hint: {hint}" if hint else "")
+        text_ = str(primary) + (f" ({detail})" if detail else "") + (f" (hint: {hint})" if hint else "")
     elif len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str | bytes):
         # PyMySQL / pymssql: (error code, message)
         text_ = f"{_text(args[1]).strip()} (error {args[0]})"
@@ -415,6 +415,22 @@ def _reason(exc: BaseException, url: URL | None) -> str:
         text_ = str(source)
     text_ = re.sub(r"\s*\n\s*", " ", text_.strip())  # one line, for the log table
     return text_ or type(source).__name__
+
+
+def _abandon_mysql_stream(conn: Connection) -> None:
+    """Drop a connection whose unbuffered result was not read to the end.
+
+    Closing it normally would read (and discard) every remaining row; closing the socket makes the
+    server abort the query instead. PyMySQL's pending result is marked done first, or its finaliser
+    would later try to drain it from the closed socket.
+    """
+    with contextlib.suppress(Exception):
+        raw = conn.connection.dbapi_connection
+        pending = getattr(raw, "_result", None)
+        if pending is not None and getattr(pending, "unbuffered_active", False):
+            pending.unbuffered_active = False
+    with contextlib.suppress(Exception):
+        conn.invalidate()
 
 
 def _run(conn: Connection, sql: str, params: Mapping[str, Any] | None) -> CursorResult[Any]:

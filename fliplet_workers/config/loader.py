@@ -294,8 +294,12 @@ class Section:
         spelling = self._spelling.get(canonical)
         return (*self.at, spelling) if spelling is not None else self.at
 
-    def problem(self, canonical: str, message: str) -> None:
-        self.report.add(f"option '{self.name(canonical)}' {message}", self.where(canonical), self.prefix)
+    def problem(self, canonical: str, message: str, *, near: str | None = None) -> None:
+        """Record a problem with an option; if it is not written, point at option ``near`` instead."""
+        at = self.where(canonical)
+        if canonical not in self._spelling and near is not None:
+            at = self.where(near)
+        self.report.add(f"option '{self.name(canonical)}' {message}", at, self.prefix)
 
     def given(self, canonical: str) -> bool:
         """Whether the option is written at all (even empty)."""
@@ -649,7 +653,8 @@ def read_database(
             if url.password:
                 secrets.register(str(url.password))
     elif driver is None and not sec.given(opt("driver")):
-        sec.problem(opt("driver"), f"is required to connect to a database ({', '.join(DRIVERS)})")
+        first = next((opt(n) for n in names if opt(n) in sec.preferred and sec.given(opt(n))), None)
+        sec.problem(opt("driver"), f"is required to connect to a database ({', '.join(DRIVERS)})", near=first)
 
     host = sec.text(opt("host"))
     port = sec.whole(opt("port"), maximum=65535, what="a port number (1-65535)")
@@ -674,7 +679,7 @@ def read_database(
     if final_driver == "sqlite" and url_value is None:
         if name is None:
             if not sec.given(opt("name")):
-                sec.problem(opt("name"), "is required for sqlite: the path of the database file")
+                sec.problem(opt("name"), "is required for sqlite: the path of the database file", near=opt("driver"))
         elif name != ":memory:":
             name = str((base_dir / os.path.expanduser(name)).resolve())
     if len(sec.report.problems) > before or final_driver is None:

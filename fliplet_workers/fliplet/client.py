@@ -173,6 +173,50 @@ class FlipletClient:
     def organizations(self) -> list[dict[str, Any]]:
         return list(self.json("GET", "v1/organizations").get("organizations") or [])
 
+    def post_stream(
+        self,
+        path: str,
+        body: Any,
+        *,
+        content_type: str,
+        params: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """POST a streamed body with its own ``Content-Type`` (a multipart upload) and parse the JSON answer.
+
+        Why a separate call: :meth:`request` sets the content type only for JSON bodies, and
+        ``requests``' own ``files=`` encoding builds the whole multipart body in memory. ``body`` is a
+        file-like object with ``read`` and ``__len__`` (see ``fliplet.media.MultipartBody``), sent with
+        a ``Content-Length`` and read in small blocks. Errors map exactly as in :meth:`request`.
+        """
+        url = self.base_url + path.lstrip("/")
+        wait = timeout or self.timeout
+        try:
+            response = self.session.post(url, data=body, params=params, timeout=wait,
+                                         headers={"Content-Type": content_type})
+        except requests.exceptions.ConnectTimeout:
+            raise ApiError(f"Could not connect to {self.base_url} (timed out)") from None
+        except requests.exceptions.SSLError as error:
+            raise ApiError(f"TLS verification of {self.base_url} failed: {redact(str(error))}. "
+                           "Set 'ca_bundle' to your proxy's CA certificate file.") from None
+        except requests.exceptions.ConnectionError as error:
+            if _never_connected(error):
+                raise ApiError(f"Could not connect to {self.base_url}: {_reason(error)}") from None
+            raise ApiError(f"The connection to {self.base_url} was lost: {_reason(error)}",
+                           outcome_unknown=True) from None
+        except requests.exceptions.Timeout:
+            raise ApiError(f"No answer from {self.base_url} within {wait:g} seconds",
+                           outcome_unknown=True) from None
+        except requests.exceptions.RequestException as error:
+            raise ApiError(redact(str(error)), outcome_unknown=True) from None
+        if response.status_code >= 400:
+            self._raise_for(response, None)
+        try:
+            return orjson.loads(response.content) if response.content else {}
+        except orjson.JSONDecodeError:
+            raise ApiError(f"The server sent a response that is not JSON for {path}",
+                           status=response.status_code) from None
+
 
 def _server_message(response: requests.Response) -> str:
     try:

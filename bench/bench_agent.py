@@ -1,0 +1,118 @@
+"""The foreground agent end to end against the sandbox (in its own process), on a SQLite source.
+
+For each size: first sync, no-change re-run, 1%-changed re-run — wall seconds, rows/s and the
+agent's peak RSS (each run is a fresh child process, so the figure is that run's own peak).
+
+    python bench/bench_agent.py                 # 100k and 1M rows
+    python bench/bench_agent.py --rows 100000   # one size
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+import yaml
+
+HERE = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def seed(path: Path, rows: int) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE IF EXISTS users")
+        db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT, name TEXT, score INTEGER, updated_at TEXT)")
+        db.executemany("INSERT INTO users VALUES (?, ?, ?, ?, ?)",
+                       ((i, f"user{i}@example.org", f"User {i}", i % 97, "2024-01-01T00:00:00.000Z")
+                        for i in range(1, rows + 1)))
+
+
+def one_run(config: str) -> None:
+    """Child mode: run the config once, print timings and this process's peak RSS as JSON."""
+    from fliplet_workers import logs
+    from fliplet_workers.config import load_config
+    from fliplet_workers.run import run_config
+
+    logs.setup("info", to_terminal=False)
+    started = time.perf_counter()
+    summary = run_config(load_config(config))[0]
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "peak_mb": peak, **summary.to_dict()}))
+
+
+def measure(config: Path) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--one-run", str(config)], capture_output=True, text=True,
+                         check=True, env={**os.environ, "FLIPLET_AGENT_LOG": ""})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench(rows: int, tmp: Path, url: str) -> None:
+    db = tmp / f"src{rows}.db"
+    seed(db, rows)
+    ds = requests.post(url + "_sandbox/data-sources", json={"name": f"bench {rows}"}, timeout=30).json()["id"]
+    config = tmp / f"bench{rows}.yml"
+    config.write_text(yaml.safe_dump({
+        "auth_token": "eu--sandbox-token", "api_url": url, "datasource_id": ds,
+        "database_driver": "sqlite", "database_name": str(db),
+        "query": "SELECT id, email, name, score, updated_at AS updatedAt FROM users",
+        "primary_column": "id", "timestamp_column": "updatedAt", "batch_size": 1000,
+        "concurrency": 4, "log_verbosity": "info"}))
+    steps = [("first sync", None),
+             ("no-change re-run", None),
+             ("1% changed re-run", "UPDATE users SET name = name || ' (edited)', "
+                                   "updated_at = '2024-06-01T00:00:00.000Z' WHERE id % 100 = 0")]
+    for label, change in steps:
+        if change:
+            with sqlite3.connect(db) as conn:
+                conn.execute(change)
+        result = measure(config)
+        print(f"{rows:>9,} rows  {label:18s} {result['seconds']:7.2f} s  {rows / result['seconds']:>10,.0f} rows/s  "
+              f"peak RSS {result['peak_mb']:6.0f} MB  (inserted {result['inserted']:,}, updated "
+              f"{result['updated']:,}, unchanged {result['unchanged']:,}, batches {result['batches']})", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, action="append")
+    parser.add_argument("--one-run")
+    args = parser.parse_args()
+    if args.one_run:
+        one_run(args.one_run)
+        return
+    port = free_port()
+    sandbox = subprocess.Popen([sys.executable, "-m", "fliplet_workers.cli", "sandbox", "--port", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(100):
+            try:
+                requests.get(url + "_sandbox/state", timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        with tempfile.TemporaryDirectory() as tmp:
+            for rows in args.rows or [100_000, 1_000_000]:
+                bench(rows, Path(tmp), url)
+    finally:
+        sandbox.terminate()
+        sandbox.wait(10)
+
+
+if __name__ == "__main__":
+    main()

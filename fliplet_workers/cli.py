@@ -7,11 +7,9 @@ the original's wording and mapped to an exit code (2 for config errors, 1 for fa
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import signal
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from fliplet_workers import __version__, logs
 from fliplet_workers.config import Config, load_config
@@ -104,7 +102,7 @@ def _run_once(config: Config, dry_run: bool, indexes: Sequence[int] | None = Non
 
     log = logs.for_config(config.name)
     try:
-        summaries = run_config(config, dry_run=dry_run, log=log, only=indexes)
+        summaries = run_config(config, dry_run=dry_run, log=log, only=indexes, progress=_progress_bar())
     except AgentError as error:
         log.critical(redact(error.log_text()))
         return False
@@ -114,6 +112,27 @@ def _run_once(config: Config, dry_run: bool, indexes: Sequence[int] | None = Non
     for summary in summaries:
         _print_summary(summary)
     return all(s.ok for s in summaries)
+
+
+def _progress_bar() -> Callable[[int], Callable[[int], None]] | None:
+    """A progress bar over commit batches, only when stderr is a terminal (never in logs or CI)."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    def factory(total: int) -> Callable[[int], None]:
+        if total < 2:
+            return lambda _: None
+        bar = tqdm(total=total, unit="batch", desc="Committing", leave=False)
+
+        def tick(n: int) -> None:
+            bar.update(n)
+            if bar.n >= total:
+                bar.close()
+
+        return tick
+
+    return factory
 
 
 def _print_summary(summary: RunSummary) -> None:
@@ -130,29 +149,21 @@ def _stop(signum: int, frame: object) -> None:
 
 
 def _run_scheduled(config: Config) -> int:
-    """Keep running each operation on its cron ``frequency`` until interrupted."""
-    from fliplet_workers.schedule import next_run
+    """Keep running each operation on its cron ``frequency`` until interrupted (Ctrl+C, SIGTERM)."""
+    from fliplet_workers.foreground import run_forever
 
     log = logs.for_config(config.name)
     if config.sync_on_init:
         _run_once(config, False)
-    ops = [i for i, op in enumerate(config.operations) if op.frequency]
-    log.info(f"Scheduling {len(ops)} operation(s) to run with their set frequency...")
-    now = dt.datetime.now(dt.UTC)
-    due = {i: next_run(str(config.operations[i].frequency), now) for i in ops}
+    frequencies = {i: str(op.frequency) for i, op in enumerate(config.operations) if op.frequency}
+    log.info(f"Scheduling {len(frequencies)} operation(s) to run with their set frequency...")
     log.info("Scheduling complete. Keep this process alive and you're good to go!")
     signal.signal(signal.SIGTERM, _stop)
-    while True:
-        index, when = min(due.items(), key=lambda item: item[1])
-        delay = (when - dt.datetime.now(dt.UTC)).total_seconds()
-        if delay > 0:
-            time.sleep(min(delay, 60.0))
-            continue
-        ready = sorted(i for i, t in due.items() if t <= dt.datetime.now(dt.UTC))
-        _run_once(config, False, ready)
-        now = dt.datetime.now(dt.UTC)
-        for i in ready:
-            due[i] = next_run(str(config.operations[i].frequency), now)
+    try:
+        run_forever(frequencies, lambda due: _run_once(config, False, due))
+    except KeyboardInterrupt:
+        log.info("Agent stopped.")
+    return 0
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:

@@ -29,6 +29,8 @@ from fliplet_workers.logs import OperationLog, for_config
 from fliplet_workers.sources.context import SourceContext, iter_source_rows, open_database
 
 Prepare = Callable[[Batch], Batch]
+#: Given the number of batches, returns a function called once per committed batch (a progress bar).
+ProgressFactory = Callable[[int], Callable[[int], None]]
 
 
 @dataclass
@@ -172,7 +174,7 @@ def summarise_plan(summary: RunSummary, plan: Plan, batches: list[Batch]) -> Non
     summary.batches = len(batches)
 
 
-def run_push(run: OperationRun, progress: Callable[[int], None] | None = None) -> RunSummary:
+def run_push(run: OperationRun, progress: ProgressFactory | None = None) -> RunSummary:
     started = time.monotonic()
     summary = RunSummary(config=run.config.name, operation=run.index, dry_run=run.dry_run)
     plan, batches = plan_push(run)
@@ -189,11 +191,12 @@ def run_push(run: OperationRun, progress: Callable[[int], None] | None = None) -
         run.log.info("Nothing to commit.")
     else:
         workers = max(1, min(run.op.concurrency, len(batches)))
+        tick = progress(len(batches)) if progress else None
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for outcome in pool.map(lambda b: commit_batch(run, b), batches):
                 add_outcome(summary, outcome)
-                if progress:
-                    progress(1)
+                if tick:
+                    tick(1)
     summary.seconds = round(time.monotonic() - started, 3)
     finish(run, summary)
     return summary
@@ -241,7 +244,7 @@ def run_pull(run: OperationRun) -> RunSummary:
     return summary
 
 
-def run_operation(run: OperationRun, progress: Callable[[int], None] | None = None) -> RunSummary:
+def run_operation(run: OperationRun, progress: ProgressFactory | None = None) -> RunSummary:
     from fliplet_workers import extensions
 
     if run.op.type == "pull":
@@ -251,7 +254,7 @@ def run_operation(run: OperationRun, progress: Callable[[int], None] | None = No
 
 
 def run_config(config: Config, *, dry_run: bool = False, log: OperationLog | None = None,
-               only: Sequence[int] | None = None) -> list[RunSummary]:
+               only: Sequence[int] | None = None, progress: ProgressFactory | None = None) -> list[RunSummary]:
     """Run the config's operations once, in order (all, or the indexes in ``only``)."""
     log = log or for_config(config.name)
     client = connect_client(config, log)
@@ -266,7 +269,7 @@ def run_config(config: Config, *, dry_run: bool = False, log: OperationLog | Non
             log.info(f"Running operation {index + 1} of {len(config.operations)}: {op.label}")
             run = OperationRun(config=config, index=index, client=client, log=log,
                                dry_run=dry_run or config.is_dry_run, db=db)
-            summaries.append(run_operation(run))
+            summaries.append(run_operation(run, progress))
         log.info("Finished to run all operations.")
         return summaries
     finally:

@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
+import fliplet_workers.config
 from fliplet_workers import secrets
-from fliplet_workers.config import Config, Database, Encryption, FileColumn, load_config
+from fliplet_workers.config import Config, Database, Encryption, FileColumn
 from fliplet_workers.config.code_config import FunctionSource, PullAction, QuerySource, SyncCallback
+from fliplet_workers.config.loader import load_config
 from fliplet_workers.errors import ConfigError, SourceError
 from fliplet_workers.secrets import Secret
 
@@ -61,7 +63,12 @@ def test_original_sample_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.sync_on_init is False
     assert config.log_verbosity == "debug"
     assert config.database == Database(
-        driver="mssql", host="localhost", port=5432, name="eu", username="sampleuser", password=Secret("123456")
+        driver="mssql",
+        host="localhost",
+        port=5432,
+        name="eu",
+        username="sampleuser",
+        password=Secret("123456"),
     )
     (op,) = config.operations
     assert op.type == "push"
@@ -69,7 +76,11 @@ def test_original_sample_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert op.description == "Push my users to Fliplet every 15 minutes"
     assert op.frequency == "*/15 * * * *"
     assert op.query == "SELECT id, email as 'Email', fullName as 'Full Name', updatedAt FROM users;"
-    assert (op.primary_column, op.case_insensitive_primary_column, op.timestamp_column) == ("id", True, "updatedAt")
+    assert (op.primary_column, op.case_insensitive_primary_column, op.timestamp_column) == (
+        "id",
+        True,
+        "updatedAt",
+    )
     assert (op.mode, op.batch_size, op.concurrency, op.merge) == ("update", 1000, 1, True)
     assert (op.delete_column, op.run_hooks, op.files, op.encrypt) == (None, (), (), None)
 
@@ -166,7 +177,11 @@ def test_every_yaml_option_reaches_its_field(tmp_path: Path) -> None:
         ),
         FileColumn(column="cv", type="local", directory=r"C:\share\cvs"),
         FileColumn(
-            column="badge", type="sharepoint", username="spuser", password=Secret("sp-pass-77"), file_type="inherit"
+            column="badge",
+            type="sharepoint",
+            username="spuser",
+            password=Secret("sp-pass-77"),
+            file_type="inherit",
         ),
     )
     assert op.encrypt == Encryption(fields=("Email", "Phone"), key=Secret("enc-key-0042"))
@@ -183,10 +198,21 @@ def test_every_yaml_option_reaches_its_field(tmp_path: Path) -> None:
 
 def test_defaults_of_a_minimal_push(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, BASE))
-    assert (config.sync_on_init, config.log_verbosity, config.retries, config.timeout) == (False, "debug", 5, 60.0)
+    assert (config.sync_on_init, config.log_verbosity, config.retries, config.timeout) == (
+        False,
+        "debug",
+        5,
+        60.0,
+    )
     assert (config.api_url, config.ca_bundle) == (None, None)
     (op,) = config.operations
-    assert (op.mode, op.batch_size, op.concurrency, op.merge, op.frequency) == ("update", 1000, 1, False, None)
+    assert (op.mode, op.batch_size, op.concurrency, op.merge, op.frequency) == (
+        "update",
+        1000,
+        1,
+        False,
+        None,
+    )
     assert (op.primary_column, op.timestamp_column, op.encrypt, op.label) == (
         None,
         None,
@@ -222,7 +248,13 @@ def test_pull_yaml_takes_where_and_attributes_and_needs_no_database(tmp_path: Pa
 
 @pytest.mark.parametrize(
     ("written", "driver"),
-    [("mysql", "mysql"), ("mariadb", "mysql"), ("MariaDB", "mysql"), ("postgresql", "postgres"), ("mssql", "mssql")],
+    [
+        ("mysql", "mysql"),
+        ("mariadb", "mysql"),
+        ("MariaDB", "mysql"),
+        ("postgresql", "postgres"),
+        ("mssql", "mssql"),
+    ],
 )
 def test_driver_names_and_aliases(tmp_path: Path, written: str, driver: str) -> None:
     config = load_config(write(tmp_path, BASE.replace("postgres", written)))
@@ -248,7 +280,9 @@ def test_sqlite_name_is_relative_to_the_config_file(tmp_path: Path) -> None:
 
 
 def test_sqlite_needs_a_database_name(tmp_path: Path) -> None:
-    path = write(tmp_path, "auth_token: eu--abcdef123456\ndatasource_id: 1\ndatabase_driver: sqlite\nquery: SELECT 1\n")
+    path = write(
+        tmp_path, "auth_token: eu--abcdef123456\ndatasource_id: 1\ndatabase_driver: sqlite\nquery: SELECT 1\n"
+    )
     assert only_problem(path) == (
         "users.yml:3: option 'database_name' is required for sqlite: the path of the database file"
     )
@@ -274,10 +308,15 @@ def test_database_url_is_a_secret_and_names_the_driver(tmp_path: Path) -> None:
 
 
 def test_sqlite_url_path_is_relative_to_the_config_file(tmp_path: Path) -> None:
-    path = write(tmp_path, "auth_token: eu--abcdef123456\ndatasource_id: 1\ndatabase_url: sqlite:///app.db\nquery: x\n")
+    path = write(
+        tmp_path, "auth_token: eu--abcdef123456\ndatasource_id: 1\ndatabase_url: sqlite:///app.db\nquery: x\n"
+    )
     config = load_config(path)
     assert config.database is not None and config.database.url is not None
-    assert (config.database.driver, config.database.url.reveal()) == ("sqlite", f"sqlite:///{tmp_path / 'app.db'}")
+    assert (config.database.driver, config.database.url.reveal()) == (
+        "sqlite",
+        f"sqlite:///{tmp_path / 'app.db'}",
+    )
 
 
 def test_database_url_conflicts(tmp_path: Path) -> None:
@@ -324,7 +363,13 @@ def test_string_options_keep_what_was_written(tmp_path: Path) -> None:
 def test_null_and_empty_options_mean_not_set(tmp_path: Path) -> None:
     text = BASE + "run_hooks:\nfiles:\nencrypt:\ntimestamp_column: ''\nfrequency: ''\n"
     (op,) = load_config(write(tmp_path, text)).operations
-    assert (op.run_hooks, op.files, op.encrypt, op.timestamp_column, op.frequency) == ((), (), None, None, None)
+    assert (op.run_hooks, op.files, op.encrypt, op.timestamp_column, op.frequency) == (
+        (),
+        (),
+        None,
+        None,
+        None,
+    )
 
 
 def test_yaml_anchors_and_merge_keys(tmp_path: Path) -> None:
@@ -411,7 +456,10 @@ def test_unset_required_variable_is_reported_once(tmp_path: Path, monkeypatch: p
 
 def test_syntax_error_reports_line_and_column(tmp_path: Path) -> None:
     path = write(tmp_path, "auth_token: eu--abc\ndatasource_id: 1\n  query: [SELECT\n")
-    assert only_problem(path) == "users.yml:3: YAML syntax error at column 8: mapping values are not allowed here"
+    assert (
+        only_problem(path)
+        == "users.yml:3: YAML syntax error at column 8: mapping values are not allowed here"
+    )
 
 
 def test_syntax_error_never_quotes_the_line(tmp_path: Path) -> None:
@@ -434,7 +482,6 @@ def test_wrong_types(tmp_path: Path) -> None:
     text = BASE + "batch_size: abc\nconcurrency: 1.5\nmerge: maybe\nrun_hooks: insert\nfiles: {column: a}\n"
     text += "timeout: 0\nretries: -1\ndatabase_port: 70000\n"
     assert problems_of(write(tmp_path, text)) == [
-        "users.yml:4: option 'database_port' must be a port number (1-65535), got 70000",
         "users.yml:6: option 'batch_size' must be a positive whole number, got 'abc'",
         "users.yml:7: option 'concurrency' must be a positive whole number, got 1.5",
         "users.yml:8: option 'merge' must be true or false, got 'maybe'",
@@ -442,6 +489,7 @@ def test_wrong_types(tmp_path: Path) -> None:
         "users.yml:10: option 'files' must be a list, got a mapping",
         "users.yml:11: option 'timeout' must be a positive number of seconds, got 0",
         "users.yml:12: option 'retries' must be a whole number of at least 0, got -1",
+        "users.yml:13: option 'database_port' must be a port number (1-65535), got 70000",
     ]
 
 
@@ -512,8 +560,14 @@ def test_encrypting_the_primary_key_is_refused(tmp_path: Path) -> None:
             "users.yml:9: option 'encrypt.salt' cannot be used together with 'encrypt.key': "
             "the salt only protects a key Fliplet manages",
         ),
-        ("encrypt:\n  fields: [a]\n  kee: enc-key-38\n", "users.yml:8: option 'encrypt.kee' is not known; did you mean 'encrypt.key'?"),
-        ("encrypt: [a, b]\n", "users.yml:6: option 'encrypt' must be a mapping of names to values, got a list"),
+        (
+            "encrypt:\n  fields: [a]\n  kee: enc-key-38\n",
+            "users.yml:8: option 'encrypt.kee' is not known; did you mean 'encrypt.key'?",
+        ),
+        (
+            "encrypt: [a, b]\n",
+            "users.yml:6: option 'encrypt' must be a mapping of names to values, got a list",
+        ),
     ],
 )
 def test_encrypt_problems(tmp_path: Path, block: str, problem: str) -> None:
@@ -550,7 +604,10 @@ def test_file_column_problems(tmp_path: Path) -> None:
 
 
 def test_options_for_the_other_kind_of_operation(tmp_path: Path) -> None:
-    pull = write(tmp_path, "auth_token: eu--abcdef123456\ndatasource_id: 4\ntype: pull\nprimary_column: id\nmode: replace\n")
+    pull = write(
+        tmp_path,
+        "auth_token: eu--abcdef123456\ndatasource_id: 4\ntype: pull\nprimary_column: id\nmode: replace\n",
+    )
     assert problems_of(pull) == [
         "users.yml:4: option 'primary_column' only applies to push operations",
         "users.yml:5: option 'mode' only applies to push operations",
@@ -564,7 +621,9 @@ def test_duplicate_option_is_reported_on_its_second_line(tmp_path: Path) -> None
     assert only_problem(path) == "users.yml:7: option 'mode' is given twice (first on line 6)"
 
 
-def test_every_problem_is_reported_at_once_in_line_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_problem_is_reported_at_once_in_line_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("FW_NOPE", raising=False)
     path = write(
         tmp_path,
@@ -606,8 +665,14 @@ def test_every_problem_is_reported_at_once_in_line_order(tmp_path: Path, monkeyp
     [
         ("", "users.yml: the file is empty; expected options such as 'auth_token: ...'"),
         ("# only comments\n", "users.yml: the file is empty; expected options such as 'auth_token: ...'"),
-        ("- a\n- b\n", "users.yml: the file must be a mapping of options such as 'auth_token: ...', got a list"),
-        ("just text\n", "users.yml: the file must be a mapping of options such as 'auth_token: ...', got 'just text'"),
+        (
+            "- a\n- b\n",
+            "users.yml: the file must be a mapping of options such as 'auth_token: ...', got a list",
+        ),
+        (
+            "just text\n",
+            "users.yml: the file must be a mapping of options such as 'auth_token: ...', got 'just text'",
+        ),
     ],
 )
 def test_file_that_is_not_a_mapping(tmp_path: Path, text: str, problem: str) -> None:
@@ -637,8 +702,9 @@ SECRET_VALUES = ("tok-SECRET-4242", "pw-SECRET-9999", "hdr-SECRET-1234", "sp-SEC
 
 
 def secret_yaml(extra: str = "") -> str:
-    return textwrap.dedent(
-        f"""\
+    return (
+        textwrap.dedent(
+            f"""\
         auth_token: {SECRET_VALUES[0]}
         datasource_id: 42
         database_driver: mysql
@@ -656,7 +722,9 @@ def secret_yaml(extra: str = "") -> str:
           fields: [x]
           key: {SECRET_VALUES[4]}
         """
-    ) + extra
+        )
+        + extra
+    )
 
 
 def test_secrets_never_appear_in_repr_of_config(tmp_path: Path) -> None:
@@ -703,7 +771,11 @@ def test_code_config_example_in_camel_case() -> None:
         "id",
         "updatedAt",
     )
-    assert (first.delete_column, first.case_insensitive_primary_column, first.merge) == ("deletedAt", True, True)
+    assert (first.delete_column, first.case_insensitive_primary_column, first.merge) == (
+        "deletedAt",
+        True,
+        True,
+    )
     assert first.files == (FileColumn(column="thumbnail", type="remote"),)
     assert isinstance(first.on_sync, SyncCallback)
     assert isinstance(second.source, QuerySource) and second.query is None
@@ -793,7 +865,9 @@ def test_code_config_camel_case_keys(tmp_path: Path) -> None:
     assert (first.timestamp_column, first.delete_column, first.mode) == ("Ts", "Gone", "replace")
     assert (first.run_hooks, first.merge, first.concurrency) == (("update",), True, 3)
     assert first.files == (
-        FileColumn(column="pic", type="sharepoint", username="u", password=Secret("camel-sp-52"), file_type="inherit"),
+        FileColumn(
+            column="pic", type="sharepoint", username="u", password=Secret("camel-sp-52"), file_type="inherit"
+        ),
     )
     assert first.encrypt == Encryption(fields=("Email",), salt=Secret("camel-salt-53"))
     # the config-level batchSize is every operation's default; an operation may override it
@@ -930,7 +1004,9 @@ def test_source_functions_are_called_with_the_context(tmp_path: Path) -> None:
     assert http.last is not None and http.last.checked
 
     assert broken_op.source is not None
-    with pytest.raises(SourceError, match=r"source\(http\) must return a list \(or iterable\) of row dicts, got nothing"):
+    with pytest.raises(
+        SourceError, match=r"source\(http\) must return a list \(or iterable\) of row dicts, got nothing"
+    ):
         broken_op.source(ctx)
 
     assert generator_op.source is not None
@@ -950,7 +1026,10 @@ def test_exception_inside_setup_is_a_config_error(tmp_path: Path) -> None:
         settings = {}
         agent.push({"targetDataSourceId": settings["missing"]})
     """
-    assert only_problem(write(tmp_path, text, name="boom.py")) == "boom.py:7: setup(agent) failed: KeyError: 'missing'"
+    assert (
+        only_problem(write(tmp_path, text, name="boom.py"))
+        == "boom.py:7: setup(agent) failed: KeyError: 'missing'"
+    )
 
 
 def test_exception_while_running_the_file_is_a_config_error(tmp_path: Path) -> None:
@@ -967,7 +1046,10 @@ def test_exception_while_running_the_file_is_a_config_error(tmp_path: Path) -> N
 
 def test_python_syntax_error(tmp_path: Path) -> None:
     text = 'config = {"authToken": "x"\n\ndef setup(agent):\n    pass\n'
-    assert only_problem(write(tmp_path, text, name="syntax.py")) == "syntax.py:1: Python syntax error: '{' was never closed"
+    assert (
+        only_problem(write(tmp_path, text, name="syntax.py"))
+        == "syntax.py:1: Python syntax error: '{' was never closed"
+    )
 
 
 def test_missing_config_setup_and_operations(tmp_path: Path) -> None:
@@ -1028,22 +1110,22 @@ def test_code_config_problems_name_operation_line_and_option(tmp_path: Path) -> 
         "sync.py:4: option 'logVerbosity' must be one of debug, info, critical, got 'loud'",
         "sync.py:7: option 'database.hots' is not known; did you mean 'database.host'?",
         "sync.py:8: option 'database.password' must be a string",
-        "sync.py:20: operation 1: option 'primaryColumName' is not known; did you mean 'primaryColumnName'?",
-        "sync.py:21: operation 1: option 'mode' must be one of update, replace, got 'replce'",
-        "sync.py:22: operation 1: option 'frequency' is not a valid cron expression '0 25 * * *': "
+        "sync.py:21: operation 1: option 'primaryColumName' is not known; did you mean 'primaryColumnName'?",
+        "sync.py:22: operation 1: option 'mode' must be one of update, replace, got 'replce'",
+        "sync.py:23: operation 1: option 'frequency' is not a valid cron expression '0 25 * * *': "
         "hour value 25 is out of range 0-23",
-        "sync.py:25: operation 2: option 'datasource_id' must be a positive whole number, got -3",
-        "sync.py:26: operation 2: option 'source' must be a function like source(http) or source(): "
+        "sync.py:26: operation 2: option 'datasource_id' must be a positive whole number, got -3",
+        "sync.py:27: operation 2: option 'source' must be a function like source(http) or source(): "
         "it cannot be called that way",
-        "sync.py:27: operation 2: option 'onSync' must be a function like onSync(result) or (), got 5",
-        "sync.py:29: operation 3: option 'merge' only applies to push operations",
-        "sync.py:29: operation 3: option 'where' must be a mapping of names to values, got 3",
-        "sync.py:29: operation 3: option 'action' must be a function like action(entries, db) or (entries): "
+        "sync.py:28: operation 2: option 'onSync' must be a function like onSync(result) or (), got 5",
+        "sync.py:30: operation 3: option 'merge' only applies to push operations",
+        "sync.py:30: operation 3: option 'where' must be a mapping of names to values, got 3",
+        "sync.py:30: operation 3: option 'action' must be a function like action(entries, db) or (entries): "
         "it cannot be called that way",
-        "sync.py:30: operation 4: option 'sourceQuery' (or 'source') is required for a push operation: "
+        "sync.py:31: operation 4: option 'sourceQuery' (or 'source') is required for a push operation: "
         "where do rows come from?",
-        "sync.py:31: operation 5: option 'source' cannot be used together with 'sourceQuery'; pick one",
-        "sync.py:32: operation 6: agent.push() takes a dict of options, got 'not options'",
+        "sync.py:32: operation 5: option 'source' cannot be used together with 'sourceQuery'; pick one",
+        "sync.py:33: operation 6: agent.push() takes a dict of options, got 'not options'",
     ]
     rendered = str(pytest.raises(ConfigError, load_config, path).value)
     assert "eu--code-token-61" not in rendered and "code-pw-62" not in rendered
@@ -1102,7 +1184,9 @@ def test_code_config_can_import_and_be_loaded_twice(tmp_path: Path) -> None:
     assert load_config(copy / "twice.py").path == str(copy / "twice.py")
 
 
-def test_code_config_loads_through_the_loader_with_config_typed_result(tmp_path: Path) -> None:
-    config = load_config(str(write(tmp_path, SNAKE, name="as_string.py")))
+def test_package_entry_point_loads_both_formats(tmp_path: Path) -> None:
+    yaml_config = fliplet_workers.config.load_config(str(write(tmp_path, BASE)))
+    assert isinstance(yaml_config, Config) and yaml_config.operations[0].query == "SELECT id FROM users"
+    config = fliplet_workers.config.load_config(str(write(tmp_path, SNAKE, name="as_string.py")))
     assert isinstance(config, Config)
     assert config.path == str(tmp_path / "as_string.py")

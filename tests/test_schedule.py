@@ -62,7 +62,9 @@ def test_invalid_expressions_say_why(expr: str, reason: str) -> None:
     assert why.startswith(reason)
 
 
-@pytest.mark.parametrize("expr", ["@hourly", "0 0 L * *", "0 0 * * 5#2", "0 0 15W * *", "0 0 ? * *", "H * * * *"])
+@pytest.mark.parametrize(
+    "expr", ["@hourly", "0 0 L * *", "0 0 * * 5#2", "0 0 15W * *", "0 0 ? * *", "H * * * *"]
+)
 def test_croniter_extensions_the_original_never_knew_are_rejected(expr: str) -> None:
     assert validate_cron(expr) is not None
 

@@ -679,7 +679,9 @@ def read_database(
     if final_driver == "sqlite" and url_value is None:
         if name is None:
             if not sec.given(opt("name")):
-                sec.problem(opt("name"), "is required for sqlite: the path of the database file", near=opt("driver"))
+                sec.problem(
+                    opt("name"), "is required for sqlite: the path of the database file", near=opt("driver")
+                )
         elif name != ":memory:":
             name = str((base_dir / os.path.expanduser(name)).resolve())
     if len(sec.report.problems) > before or final_driver is None:

@@ -114,8 +114,9 @@ def load_yaml_config(path: Path) -> Config:
     database = read_database(sec, "database_", base_dir)
     has_database = any(sec.given(name) for name in DATABASE)
     kind = sec.choice("type", ("push", "pull"))
-    if kind is None:  # not given (push, as in the original) or wrong (reported): guess from the options
+    if kind is None and sec.has("type"):  # wrong (reported): guess from the options to say more
         kind = "pull" if sec.given("where") or sec.given("attributes") else "push"
+    kind = kind or "push"  # the original's default
     operation = read_operation(sec, kind, has_database=has_database)
     fail_if_problems(path, report)
     assert operation is not None
@@ -171,7 +172,8 @@ class _Converter:
             return None
         inner = parents | {id(node)}
         if isinstance(node, yaml.MappingNode):
-            self.loader.flatten_mapping(node)  # applies "<<: *defaults" merges
+            written = {id(key_node) for key_node, _ in node.value}
+            self.loader.flatten_mapping(node)  # applies "<<: *defaults" merges (written keys win)
             out: dict[str, Any] = {}
             first_line: dict[str, int] = {}
             for key_node, value_node in node.value:
@@ -184,12 +186,13 @@ class _Converter:
                 key = key_node.value
                 path = (*at, key)
                 self.report.lines[path] = line
-                if key in first_line:
-                    self.report.add(
-                        f"option '{display_path(path)}' is given twice (first on line {first_line[key]})",
-                        path,
-                    )
-                first_line.setdefault(key, line)
+                if id(key_node) in written:
+                    if key in first_line:
+                        self.report.add(
+                            f"option '{display_path(path)}' is given twice (first on line {first_line[key]})",
+                            path,
+                        )
+                    first_line.setdefault(key, line)
                 out[key] = self.convert(value_node, path, inner)
             return out
         if isinstance(node, yaml.SequenceNode):

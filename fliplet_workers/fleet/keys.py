@@ -1,0 +1,59 @@
+"""Every Redis key the fleet uses, in one place: reading this file is reading the key layout.
+
+Config names are file names without their extension and never contain ``:`` (see
+:mod:`~fliplet_workers.fleet.registry`), so the keys below cannot collide.
+
+=========================================  ======  ====================================================
+key                                        type    what it holds
+=========================================  ======  ====================================================
+``fleet:lock:<config>:<op>``               string  run id holding the operation (PX ttl, renewed)
+``fleet:beat:leader``                      string  id of the beat that may send (PX ttl, renewed)
+``fleet:run:<id>``                         hash    run metadata: config, operation, started, batches,
+                                                   plan counts, state, summary once finalized
+``fleet:run:<id>:batch:<n>``               string  the staged batch (orjson of ``Batch.to_dict``)
+``fleet:run:<id>:batch:<n>:state``         hash    attempts, last_error, inflight, worker, outcome
+``fleet:run:<id>:batch:<n>:lease``         string  worker committing the batch now (PX ttl, renewed)
+``fleet:run:<id>:batch:<n>:file:<i>``      string  result of file upload job ``i`` of the batch
+``fleet:run:<id>:done``                    set     batch numbers whose outcome is recorded
+``fleet:last:<config>:<op>``               list    last run summaries, newest first (capped)
+=========================================  ======  ====================================================
+
+Everything under ``fleet:run:<id>`` expires (``FLIPLET_RUN_TTL``); finalize deletes the staged batches.
+"""
+
+from __future__ import annotations
+
+PREFIX = "fleet"
+BEAT_LEADER = f"{PREFIX}:beat:leader"
+
+
+def lock(config: str, operation: int) -> str:
+    return f"{PREFIX}:lock:{config}:{operation}"
+
+
+def run(run_id: str) -> str:
+    return f"{PREFIX}:run:{run_id}"
+
+
+def batch(run_id: str, number: int) -> str:
+    return f"{PREFIX}:run:{run_id}:batch:{number}"
+
+
+def batch_state(run_id: str, number: int) -> str:
+    return f"{batch(run_id, number)}:state"
+
+
+def batch_lease(run_id: str, number: int) -> str:
+    return f"{batch(run_id, number)}:lease"
+
+
+def file_result(run_id: str, number: int, job: int) -> str:
+    return f"{batch(run_id, number)}:file:{job}"
+
+
+def done(run_id: str) -> str:
+    return f"{PREFIX}:run:{run_id}:done"
+
+
+def last(config: str, operation: int) -> str:
+    return f"{PREFIX}:last:{config}:{operation}"

@@ -20,12 +20,25 @@ class Secret(str):
 
 
 _known: set[str] = set()
+_pattern: re.Pattern[str] | None = None
 
 
 def register(value: str | None) -> None:
     """Remember a secret so that :func:`redact` can scrub it from any text."""
-    if value and len(value) >= 4:
+    global _pattern
+    if value and len(value) >= 4 and str(value) not in _known:
         _known.add(str(value))
+        _pattern = None
+
+
+def _known_pattern() -> re.Pattern[str] | None:
+    """One regex for every registered secret, longest first. A secret is only replaced where it is not
+    part of a longer word or number (so a password ``1234`` does not mangle port ``41234``)."""
+    global _pattern
+    if _pattern is None and _known:
+        alternatives = "|".join(re.escape(v) for v in sorted(_known, key=len, reverse=True))
+        _pattern = re.compile(rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])")
+    return _pattern
 
 
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*):(?P<pw>[^@\s]+)@")
@@ -34,7 +47,5 @@ _URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*):(?P
 def redact(text: str) -> str:
     """Return ``text`` with every registered secret and any URL password replaced by ``***``."""
     out = _URL_PASSWORD.sub(lambda m: f"{m.group('scheme')}:***@", str(text))
-    for value in sorted(_known, key=len, reverse=True):
-        if value in out:
-            out = out.replace(value, "***")
-    return out
+    pattern = _known_pattern()
+    return pattern.sub("***", out) if pattern is not None else out

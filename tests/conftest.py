@@ -83,3 +83,18 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture(scope="session")
 def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
+
+
+@pytest.fixture(autouse=True)
+def _reset_agent_logging() -> Iterator[None]:
+    """``logs.setup`` (called by the CLI) configures the package logger for a process; undo it after
+    each test so that handlers bound to one test's captured stderr never leak into the next."""
+    yield
+    import logging
+
+    logger = logging.getLogger("fliplet_workers")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)

@@ -54,6 +54,7 @@ from fliplet_workers.config.loader import (
     read_database,
     read_operation,
     read_settings,
+    read_text,
     shown,
 )
 from fliplet_workers.config.model import Config, Database, Operation
@@ -414,18 +415,14 @@ def _literal_lines(node: ast.expr, at: Key, report: Report) -> None:
 
 def load_code_config(path: Path) -> Config:
     """Run a Python code config and validate what it defines. Raises ``ConfigError``."""
+    given, path = path, path.absolute()
     report = Report(label=path.name)
-    path = path.absolute()
-    try:
-        source = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        report.add(f"the config file does not exist (looked for {path})")
-    except (OSError, UnicodeDecodeError) as exc:
-        report.add(f"the config file cannot be read: {getattr(exc, 'strerror', None) or type(exc).__name__}")
-    fail_if_problems(path, report)
+    source = read_text(path, report)
+    fail_if_problems(given, report)
+    assert source is not None
 
     module = _execute(path, report)
-    fail_if_problems(path, report)
+    fail_if_problems(given, report)
     assert module is not None
     settings = getattr(module, "config", None)
     if settings is None:
@@ -433,7 +430,7 @@ def load_code_config(path: Path) -> Config:
     elif not isinstance(settings, Mapping):
         report.add(f"config must be a dict of settings, got {shown(settings)}")
     agent = _run_setup(module, path, report)
-    fail_if_problems(path, report)
+    fail_if_problems(given, report)
     assert isinstance(settings, Mapping) and agent is not None
     _record_lines(source, report, agent.calls)
 
@@ -458,7 +455,7 @@ def load_code_config(path: Path) -> Config:
         )
         if operation is not None:
             operations.append(operation)
-    fail_if_problems(path, report)
+    fail_if_problems(given, report)
     return Config(
         name=path.stem,
         path=str(path.resolve()),

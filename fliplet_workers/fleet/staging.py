@@ -1,0 +1,121 @@
+"""A run's data in Redis: its metadata and its batches, staged once by the planner.
+
+Task messages carry ids only (run id, batch number): rows never travel through the broker, where
+they would be copied into every retry and into Flower. The planner writes every batch and the run's
+metadata in one transaction, so a commit task either finds the whole run or nothing; everything
+expires after ``FLIPLET_RUN_TTL`` even if the run never finishes.
+
+The run ends when every batch has reported (a set of batch numbers that reaches the batch count),
+which is idempotent, unlike a counter: a commit task that runs twice (redelivered after its worker
+died) adds its number once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis
+
+from fliplet_workers.core.batches import Batch
+from fliplet_workers.fleet import keys
+
+# KEYS[1] = done set, ARGV[1] = batch number, ARGV[2] = ttl s → {added, count}
+_MARK_DONE = """
+local added = redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return {added, redis.call('SCARD', KEYS[1])}
+"""
+
+STAGED, DISPATCHED, FINALIZED = "staged", "dispatched", "finalized"
+
+
+@dataclass
+class RunMeta:
+    run_id: str
+    config: str
+    operation: int
+    started: float
+    batches: int
+    state: str
+    plan: dict[str, int] = field(default_factory=dict)
+    file_jobs: dict[int, int] = field(default_factory=dict)
+    summary: dict[str, Any] | None = None
+
+    @classmethod
+    def from_hash(cls, run_id: str, raw: dict[str, str]) -> RunMeta:
+        return cls(
+            run_id=run_id,
+            config=raw["config"],
+            operation=int(raw["operation"]),
+            started=float(raw.get("started", 0)),
+            batches=int(raw.get("batches", 0)),
+            state=raw.get("state", STAGED),
+            plan={k: int(v) for k, v in orjson.loads(raw.get("plan", "{}")).items()},
+            file_jobs={int(k): int(v) for k, v in orjson.loads(raw.get("file_jobs", "{}")).items()},
+            summary=orjson.loads(raw["summary"]) if raw.get("summary") else None,
+        )
+
+
+@dataclass
+class RunStore:
+    client: redis.Redis
+    run_id: str
+    ttl: int
+
+    @property
+    def key(self) -> str:
+        return keys.run(self.run_id)
+
+    def meta(self) -> RunMeta | None:
+        raw = self.client.hgetall(self.key)
+        return RunMeta.from_hash(self.run_id, raw) if raw else None
+
+    def stage(self, config: str, operation: int, started: float, plan: dict[str, int], batches: list[Batch],
+              file_jobs: dict[int, int] | None = None) -> None:
+        """Write every batch and the run's metadata at once (MULTI/EXEC)."""
+        with self.client.pipeline(transaction=True) as pipe:
+            for batch in batches:
+                pipe.set(keys.batch(self.run_id, batch.number), orjson.dumps(batch.to_dict()), ex=self.ttl)
+            pipe.hset(self.key, mapping={
+                "config": config, "operation": operation, "started": started, "batches": len(batches),
+                "state": STAGED, "plan": orjson.dumps(plan), "file_jobs": orjson.dumps(file_jobs or {}),
+            })
+            pipe.expire(self.key, self.ttl)
+            pipe.execute()
+
+    def save_inline(self, config: str, operation: int, started: float) -> None:
+        """A run done without batches (dry run, pull, nothing to commit, failure); the summary follows."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(self.key, mapping={
+                "config": config, "operation": operation, "started": started, "batches": 0, "state": STAGED,
+            })
+            pipe.expire(self.key, self.ttl)
+            pipe.execute()
+
+    def set_state(self, state: str) -> None:
+        self.client.hset(self.key, "state", state)
+
+    def batch(self, number: int) -> Batch | None:
+        raw = self.client.get(keys.batch(self.run_id, number))
+        return None if raw is None else Batch.from_dict(orjson.loads(raw))
+
+    def mark_done(self, number: int) -> tuple[bool, int]:
+        """Record that batch ``number`` has an outcome: (whether this call added it, how many have)."""
+        added, count = self.client.eval(_MARK_DONE, 1, keys.done(self.run_id), number, self.ttl)
+        return bool(added), int(count)
+
+    def claim_finalize(self, owner: str) -> bool:
+        """True for the one finalize step allowed to write the summary (or for its redelivery)."""
+        if self.client.hsetnx(self.key, "finalized_by", owner):
+            return True
+        return self.client.hget(self.key, "finalized_by") == owner
+
+    def save_summary(self, summary: dict[str, Any]) -> None:
+        self.client.hset(self.key, mapping={"state": FINALIZED, "summary": orjson.dumps(summary)})
+
+    def drop_batches(self, count: int) -> None:
+        """The rows are no longer needed once the run is finalized (the rest expires with the run)."""
+        if count:
+            self.client.delete(*(keys.batch(self.run_id, n) for n in range(1, count + 1)))

@@ -1,0 +1,81 @@
+"""The fleet's Celery tasks: thin wrappers around :mod:`.flow` that add only the dispatching.
+
+Names and arguments are what an operator sees in Flower and types in ``celery call``: config names,
+operation indexes, run ids and batch numbers, never a token or a row.
+
+* ``fliplet.sync(config_name, operation=0, dry_run=False)`` plans a run and fans it out; its result
+  is the plan (``dispatched``) or, when it ran inline, the run summary.
+* ``fliplet.upload_file(run_id, batch_number, job_index, config_name, operation)``
+* ``fliplet.commit(run_id, batch_number, config_name, operation)``
+* ``fliplet.finalize(run_id, config_name, operation)``: its result is the run summary.
+
+Every task acknowledges late and is re-queued if its worker dies; a lost Redis connection is retried
+with backoff.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from celery import chain
+
+from fliplet_workers.fleet import flow
+from fliplet_workers.fleet.app import app
+from fliplet_workers.fleet.context import current
+
+_COMMON: dict[str, Any] = {
+    "bind": True,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "autoretry_for": (redis.ConnectionError, redis.TimeoutError),
+    "retry_backoff": True,
+    "retry_backoff_max": 60,
+    "max_retries": 5,
+}
+#: How many times a commit comes back to a batch another worker is still committing.
+BUSY_RETRIES = 100
+
+
+@app.task(name="fliplet.sync", **_COMMON)
+def sync(self: Any, config_name: str, operation: int = 0, dry_run: bool = False) -> dict[str, Any]:
+    """Run operation ``operation`` of the config file named ``config_name`` now."""
+    started = flow.start(current(), self.request.id, config_name, operation, dry_run)
+    dispatch(self.request.id, started)
+    return started.result
+
+
+def dispatch(run_id: str, started: flow.Started) -> None:
+    """One chain per batch (its file uploads, then its commit); all batches in parallel."""
+    config, operation = started.result.get("config"), started.result.get("operation")
+    for number in started.batches:
+        steps = [upload_file.si(run_id, number, job, config, operation)
+                 for job in range(started.file_jobs.get(number, 0))]
+        steps.append(commit.si(run_id, number, config, operation))
+        (chain(*steps) if len(steps) > 1 else steps[0]).apply_async()
+    if started.batches:
+        flow.mark_dispatched(current(), run_id)
+    if started.finalize:
+        finalize.apply_async((run_id, config, operation))
+
+
+@app.task(name="fliplet.upload_file", **_COMMON)
+def upload_file(self: Any, run_id: str, batch_number: int, job_index: int, config_name: str,
+                operation: int) -> dict[str, Any]:
+    return flow.upload(current(), run_id, batch_number, job_index, config_name, operation)
+
+
+@app.task(name="fliplet.commit", **_COMMON)
+def commit(self: Any, run_id: str, batch_number: int, config_name: str, operation: int) -> dict[str, Any]:
+    done = flow.commit(current(), run_id, batch_number, config_name, operation)
+    if done.retry_in is not None:
+        raise self.retry(countdown=done.retry_in, max_retries=BUSY_RETRIES)
+    if done.finalize:
+        finalize.apply_async((run_id, config_name, operation))
+    return done.result
+
+
+@app.task(name="fliplet.finalize", **_COMMON)
+def finalize(self: Any, run_id: str, config_name: str, operation: int) -> dict[str, Any]:
+    """The run's summary: inserted, updated, deleted, unchanged, skipped, errors, seconds, batches."""
+    return flow.finalize(current(), run_id, config_name, operation, owner=self.request.id)

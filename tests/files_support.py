@@ -250,7 +250,8 @@ class FilesWorld:
         return int(self.server.store.state()["media"]["files"])
 
     def errors(self) -> list[str]:
-        return self.handler.messages(logging.ERROR)
+        """Error lines without the ``[config name]`` prefix."""
+        return [m.split("] ", 1)[-1] for m in self.handler.messages(logging.ERROR)]
 
     def all_log(self) -> str:
         return "\n".join(self.handler.messages())

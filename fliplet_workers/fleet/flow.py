@@ -333,14 +333,15 @@ def _apply_uploads(fleet: Fleet, run: OperationRun, run_id: str, batch: Batch) -
     raw = fleet.redis.mget([fleet_keys.file_result(run_id, batch.number, i) for i in range(len(jobs))]) if jobs else []
     results = [files.upload_one(run, job) if data is None else _load_result(files, data)
                for job, data in zip(jobs, raw, strict=True)]
-    return files.apply_file_results(batch, jobs, results)  # type: ignore[no-any-return]
+    prepared: Batch = files.apply_file_results(batch, jobs, results)
+    return prepared
 
 
 def _encrypt_only(run: OperationRun) -> Callable[[Batch], Batch] | None:
     """The files are uploaded already: prepare a batch with encryption alone."""
     encrypt_only = getattr(extensions, "encrypt_only", None)
     if encrypt_only is not None:
-        return lambda batch: encrypt_only(run, batch)  # type: ignore[no-any-return]
+        return lambda batch: encrypt_only(run, batch)
     if run.op.encrypt is not None:
         raise EncryptionError("this version cannot encrypt a batch whose files the fleet uploaded "
                               "(extensions.encrypt_only is missing)")
@@ -350,11 +351,12 @@ def _encrypt_only(run: OperationRun) -> Callable[[Batch], Batch] | None:
 def _dump_result(result: Any) -> bytes:
     import orjson
 
-    data = dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result.to_dict()
+    data = dataclasses.asdict(result) if dataclasses.is_dataclass(result) and not isinstance(result, type) \
+        else result.to_dict()
     return orjson.dumps(data)
 
 
-def _load_result(files: Any, raw: str) -> Any:
+def _load_result(files: Any, raw: str | bytes) -> Any:
     import orjson
 
     data = orjson.loads(raw)

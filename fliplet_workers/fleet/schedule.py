@@ -43,7 +43,7 @@ log = logging.getLogger("fliplet_workers.fleet.beat")
 SYNC_TASK = "fliplet.sync"
 
 
-class CronSchedule(BaseSchedule):  # type: ignore[misc]
+class CronSchedule(BaseSchedule):
     """A 5-field cron expression in a time zone, as a Celery schedule."""
 
     def __init__(self, expr: str, tz: str, nowfun: Any = None, app: Any = None) -> None:
@@ -100,7 +100,7 @@ def entries_from(scan: Scan, tz: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-class ConfigScheduler(Scheduler):  # type: ignore[misc]
+class ConfigScheduler(Scheduler):
     """Beat entries rebuilt from the config directory; sends only while it leads (see module doc)."""
 
     def __init__(self, *args: Any, fleet: Fleet | None = None, **kwargs: Any) -> None:
@@ -113,7 +113,8 @@ class ConfigScheduler(Scheduler):  # type: ignore[misc]
         self._signature: tuple[Any, ...] | None = None
         self._reported: dict[str, str] = {}
         super().__init__(*args, **kwargs)
-        self.max_interval = min(self.max_interval, settings.beat_max_interval, settings.leader_ttl / 3)
+        self.max_interval: float = min(float(self.max_interval), settings.beat_max_interval,
+                                       settings.leader_ttl / 3)
 
     # -- schedule ------------------------------------------------------------------------------------
 

@@ -70,7 +70,7 @@ class RunStore:
 
     def meta(self) -> RunMeta | None:
         raw = self.client.hgetall(self.key)
-        return RunMeta.from_hash(self.run_id, raw) if raw else None
+        return RunMeta.from_hash(self.run_id, {str(k): str(v) for k, v in raw.items()}) if raw else None
 
     def stage(self, config: str, operation: int, started: float, plan: dict[str, int], batches: list[Batch],
               file_jobs: dict[int, int] | None = None) -> None:

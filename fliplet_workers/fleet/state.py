@@ -49,7 +49,7 @@ class BatchState:
         return Lock(self.client, keys.batch_lease(self.run_id, self.number), self.lease_ttl_ms)
 
     def load(self) -> dict[str, str]:
-        return dict(self.client.hgetall(self.key))
+        return {str(k): str(v) for k, v in self.client.hgetall(self.key).items()}
 
     def outcome(self) -> dict[str, Any] | None:
         raw = self.client.hget(self.key, "outcome")

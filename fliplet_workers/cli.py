@@ -140,7 +140,9 @@ def _print_summary(summary: RunSummary) -> None:
     tail = " (dry run: nothing was sent)" if summary.dry_run else ""
     print(f"{summary.config} operation {summary.operation + 1}: inserted {summary.inserted}, "
           f"updated {summary.updated}, deleted {summary.deleted}, unchanged {summary.unchanged}, "
-          f"skipped {summary.skipped}, errors {len(summary.errors)} in {summary.seconds:.2f}s{tail}",
+          f"skipped {summary.skipped}, errors {len(summary.errors)}"
+          + (f", file errors {summary.file_errors}" if summary.file_errors else "")
+          + f" in {summary.seconds:.2f}s{tail}",
           file=sys.stderr)
 
 

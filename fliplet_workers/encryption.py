@@ -91,7 +91,7 @@ def key_for(run: OperationRun, *, create: bool = False) -> str | None:
     the plan step is the one place that may create a key, so two tasks never race to store two keys.
     """
     with _state_lock:
-        cached = vars(run).get(_STATE)
+        cached = run.extras.get(_STATE)
         if cached is not None:
             return cached[0]
         if run.op.encrypt is None:
@@ -105,7 +105,7 @@ def key_for(run: OperationRun, *, create: bool = False) -> str | None:
             if key is None:
                 raise EncryptionError("The organization keystore holds no encryption key yet: plan the run "
                                       "(which creates it) before committing its batches.")
-        vars(run)[_STATE] = (key,)
+        run.extras[_STATE] = (key,)
         return key
 
 

@@ -28,6 +28,7 @@ from fliplet_workers.files import (
     FileJob,
     FileResult,
     apply_file_results,
+    close_file_state,
     file_jobs,
     file_state,
     upload_all,
@@ -42,6 +43,7 @@ __all__ = [
     "FileResult",
     "apply_file_results",
     "attach",
+    "detach",
     "encrypt_only",
     "file_errors",
     "file_jobs",
@@ -117,3 +119,8 @@ def file_errors(run: OperationRun) -> list[str]:
     state = file_state(run)
     with state.lock:
         return list(state.errors)
+
+
+def detach(run: OperationRun) -> None:
+    """Release what :func:`attach` opened (the file downloads' HTTP session). Safe to call twice."""
+    close_file_state(run)

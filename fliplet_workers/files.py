@@ -72,6 +72,7 @@ __all__ = [
     "FileResult",
     "SharePointAuth",
     "apply_file_results",
+    "close_file_state",
     "fetch",
     "file_jobs",
     "file_state",
@@ -240,7 +241,7 @@ _state_lock = threading.Lock()
 def file_state(run: OperationRun) -> FileState:
     """The run's :class:`FileState`, created on first use (thread-safe)."""
     with _state_lock:
-        state = vars(run).get(_STATE)
+        state = run.extras.get(_STATE)
         if state is None:
             concurrency = max(1, run.op.concurrency)
             http = requests.Session()
@@ -254,8 +255,16 @@ def file_state(run: OperationRun) -> FileState:
                                 retry_delay=run.config.retry_delay)
             state = FileState(media=media, http=http, slots=threading.BoundedSemaphore(concurrency),
                               timeout=run.config.timeout)
-            vars(run)[_STATE] = state
+            run.extras[_STATE] = state
         return state
+
+
+def close_file_state(run: OperationRun) -> None:
+    """Close the run's download session, if file steps ever ran (safe to call twice)."""
+    with _state_lock:
+        state = run.extras.get(_STATE)
+    if state is not None:
+        state.close()
 
 
 # --------------------------------------------------------------------------------------------

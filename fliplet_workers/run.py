@@ -46,6 +46,8 @@ class OperationRun:
     prepare: Prepare | None = None  # files upload + encryption, set by ``extensions.prepare_for``
     decode_remote: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     commit_responses: list[dict[str, Any]] = field(default_factory=list)
+    #: State that extensions keep for the length of a run (file upload cache, the encryption key).
+    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def op(self) -> Operation:
@@ -160,9 +162,10 @@ def add_outcome(summary: RunSummary, outcome: CommitOutcome) -> None:
 
 
 def dump_dry_run(run: OperationRun, plan: Plan, batches: list[Batch]) -> None:
+    """Log the commits as they would be sent (encrypted, with file locations) and the deletes."""
     op = run.op
-    commits = [{k: v for k, v in b.body(op.run_hooks, op.merge).items() if k != "delete"}
-               for b in batches if b.entries]
+    prepared = [run.prepare(b) if run.prepare else b for b in batches if b.entries]
+    commits = [{k: v for k, v in b.body(op.run_hooks, op.merge).items() if k != "delete"} for b in prepared]
     run.log.info("Dry run mode is enabled. Here's a dump of the commit log we would have been sent to the "
                  "Fliplet API: " + orjson.dumps(commits).decode())
     run.log.info("Entries to delete: " + orjson.dumps(plan.deletes).decode())
@@ -249,8 +252,13 @@ def run_operation(run: OperationRun, progress: ProgressFactory | None = None) ->
 
     if run.op.type == "pull":
         return run_pull(run)
-    extensions.attach(run)
-    return run_push(run, progress)
+    try:
+        extensions.attach(run)
+        summary = run_push(run, progress)
+        summary.file_errors = len(extensions.file_errors(run))
+        return summary
+    finally:
+        extensions.detach(run)
 
 
 def run_config(config: Config, *, dry_run: bool = False, log: OperationLog | None = None,

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import yaml
 
@@ -64,7 +65,7 @@ class FileServer:
 
     def add(self, path: str, body: bytes, content_type: str = "application/octet-stream", *,
             headers: Mapping[str, str] | None = None, delay: float = 0.0) -> str:
-        self.files[path] = Served(body, content_type, dict(headers or {}), delay)
+        self.files[unquote(path)] = Served(body, content_type, dict(headers or {}), delay)
         return self.url + path.lstrip("/")
 
     @property
@@ -128,7 +129,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         owner = self.owner
-        path = self.path.split("?", 1)[0]
+        path = unquote(self.path.split("?", 1)[0])
         with owner._lock:
             owner.requests[path] += 1
             owner.seen_headers.append(dict(self.headers.items()))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from files_support import FileServer, FilesWorld, make_files_world
 
 from fliplet_workers.config.model import FileColumn, Operation
 from fliplet_workers.core.batches import Batch
@@ -35,7 +36,6 @@ from fliplet_workers.fliplet.media import FOLDER_NAME, MultipartBody
 from fliplet_workers.sandbox import SandboxServer
 from fliplet_workers.sandbox.server import parse_multipart
 from fliplet_workers.secrets import Secret
-from files_support import FilesWorld, FileServer, make_files_world
 
 # ---------------------------------------------------------------------------------------------
 # Fixtures

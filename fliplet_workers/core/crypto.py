@@ -25,21 +25,18 @@ Errors never carry the passphrase, the plaintext or the ciphertext.
 
 from __future__ import annotations
 
-import base64
 import binascii
-import datetime as dt
 import hashlib
 import json
-import math
 import secrets
 import string
-import uuid
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from fliplet_workers.core.rows import normalise_value
 from fliplet_workers.errors import EncryptionError
 
 __all__ = [
@@ -62,7 +59,6 @@ _MAGIC = b"Salted__"
 _SALT_LEN = 8
 _BLOCK = 16
 _KEY_ALPHABET = string.ascii_letters + string.digits
-_UTC = dt.UTC
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,54 +195,22 @@ def encrypt_value(value: Any, passphrase: str) -> Any:
 def value_text(value: Any) -> str | None:
     """The text a value has in the original's JSON, i.e. what JavaScript's ``String(v)`` would give.
 
-    Follows ``fliplet_workers.core.rows.normalise_value`` so a raw value and its normalised form give
-    the same text:
-
-    * ``str`` as is; ``bool`` → ``"true"``/``"false"``; ``int`` → digits;
-    * ``float`` / ``Decimal`` → JavaScript number text (``1.0`` → ``"1"``, ``1e21`` → ``"1e+21"``,
-      ``1e-7`` → ``"1e-7"``); NaN and infinities → ``None`` (JSON ``null``);
-    * ``datetime`` → ``2024-01-02T03:04:05.678Z`` (UTC; naive taken as UTC), ``date`` → its midnight
-      UTC in the same form, ``time`` → ``HH:MM:SS[.ffffff]``;
-    * ``bytes`` → base64; ``UUID`` → its text; ``dict`` / ``list`` / ``tuple`` → compact JSON as
-      ``JSON.stringify`` writes it; anything else → ``str(value)``; ``None`` → ``None``.
+    The value is first shaped as the original's JSON carries it (``rows.normalise_value``: dates to
+    ISO text, Decimals to numbers…), so a raw value and its normalised form give the same text:
+    ``bool`` → ``"true"``/``"false"``, numbers → JavaScript number text (``1.0`` → ``"1"``,
+    ``1e21`` → ``"1e+21"``), ``dict``/``list`` → compact JSON as ``JSON.stringify`` writes it,
+    NaN/infinities/``None`` → ``None``.
     """
+    value = normalise_value(value)
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
-        return str(int(value))
-    if isinstance(value, float):
-        return _js_number(value) if math.isfinite(value) else None
-    if isinstance(value, Decimal):
-        return _decimal_text(value) if value.is_finite() else None
-    if isinstance(value, dt.datetime):
-        return _iso_utc(value)
-    if isinstance(value, dt.date):
-        return _iso_utc(dt.datetime(value.year, value.month, value.day, tzinfo=_UTC))
-    if isinstance(value, dt.time):
-        return value.isoformat()
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    if isinstance(value, uuid.UUID):
         return str(value)
-    if isinstance(value, (Mapping, list, tuple)):
-        return _js_json(value)
-    return str(value)
-
-
-def _iso_utc(value: dt.datetime) -> str:
-    """JavaScript's ``Date.prototype.toJSON``: ``2024-01-02T03:04:05.678Z`` (ms truncated)."""
-    if value.tzinfo is not None:
-        value = value.astimezone(_UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
-
-
-def _decimal_text(value: Decimal) -> str:
-    """A finite Decimal as rows.normalise_value makes it (int when whole, else float), as JS text."""
-    if value == value.to_integral_value():
-        return str(int(value))
-    return _js_number(float(value))
+    if isinstance(value, float):
+        return _js_number(value)
+    return _js_json(value)
 
 
 def _js_number(value: float) -> str:

@@ -17,6 +17,7 @@ class RunSummary:
     unchanged: int = 0
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
+    file_errors: int = 0  # files that could not be read or uploaded (their column was left out)
     batches: int = 0
     seconds: float = 0.0
     ok: bool = True

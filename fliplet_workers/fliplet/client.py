@@ -81,11 +81,18 @@ class FlipletClient:
         stream: bool = False,
         datasource_id: int | None = None,
         timeout: float | None = None,
+        content_type: str | None = None,
     ) -> requests.Response:
-        """Send one request; map failures to AuthError / AccessError / ApiError."""
+        """Send one request; map failures to AuthError / AccessError / ApiError.
+
+        ``ApiError.outcome_unknown`` is set when the request may have been applied (the connection was
+        lost or no answer came in time); a refused connection is known not to have been.
+        """
         url = self.base_url + path.lstrip("/")
         body = orjson.dumps(json) if json is not None else data
-        headers = {"Content-Type": "application/json"} if json is not None else None
+        if json is not None:
+            content_type = "application/json"
+        headers = {"Content-Type": content_type} if content_type else None
         try:
             response = self.session.request(
                 method, url, data=body, params=params, files=files, headers=headers,
@@ -124,12 +131,7 @@ class FlipletClient:
         raise ApiError(f"{message or response.reason} (HTTP {status})", status=status)
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.request(method, path, **kwargs)
-        try:
-            return orjson.loads(response.content) if response.content else {}
-        except orjson.JSONDecodeError:
-            raise ApiError(f"The server sent a response that is not JSON for {path}",
-                           status=response.status_code) from None
+        return _parse_json(self.request(method, path, **kwargs), path)
 
     # -- calls -----------------------------------------------------------------------------------
 
@@ -182,40 +184,23 @@ class FlipletClient:
         params: Mapping[str, Any] | None = None,
         timeout: float | None = None,
     ) -> Any:
-        """POST a streamed body with its own ``Content-Type`` (a multipart upload) and parse the JSON answer.
+        """POST a streamed body with its own ``Content-Type`` (a multipart upload); parse the JSON answer.
 
-        Why a separate call: :meth:`request` sets the content type only for JSON bodies, and
-        ``requests``' own ``files=`` encoding builds the whole multipart body in memory. ``body`` is a
-        file-like object with ``read`` and ``__len__`` (see ``fliplet.media.MultipartBody``), sent with
-        a ``Content-Length`` and read in small blocks. Errors map exactly as in :meth:`request`.
+        Why: ``requests``' own ``files=`` encoding builds the whole multipart body in memory. ``body``
+        is a file-like object with ``read`` and ``__len__`` (see ``fliplet.media.MultipartBody``), sent
+        with a ``Content-Length`` and read in small blocks.
         """
-        url = self.base_url + path.lstrip("/")
-        wait = timeout or self.timeout
-        try:
-            response = self.session.post(url, data=body, params=params, timeout=wait,
-                                         headers={"Content-Type": content_type})
-        except requests.exceptions.ConnectTimeout:
-            raise ApiError(f"Could not connect to {self.base_url} (timed out)") from None
-        except requests.exceptions.SSLError as error:
-            raise ApiError(f"TLS verification of {self.base_url} failed: {redact(str(error))}. "
-                           "Set 'ca_bundle' to your proxy's CA certificate file.") from None
-        except requests.exceptions.ConnectionError as error:
-            if _never_connected(error):
-                raise ApiError(f"Could not connect to {self.base_url}: {_reason(error)}") from None
-            raise ApiError(f"The connection to {self.base_url} was lost: {_reason(error)}",
-                           outcome_unknown=True) from None
-        except requests.exceptions.Timeout:
-            raise ApiError(f"No answer from {self.base_url} within {wait:g} seconds",
-                           outcome_unknown=True) from None
-        except requests.exceptions.RequestException as error:
-            raise ApiError(redact(str(error)), outcome_unknown=True) from None
-        if response.status_code >= 400:
-            self._raise_for(response, None)
-        try:
-            return orjson.loads(response.content) if response.content else {}
-        except orjson.JSONDecodeError:
-            raise ApiError(f"The server sent a response that is not JSON for {path}",
-                           status=response.status_code) from None
+        response = self.request("POST", path, data=body, params=params, content_type=content_type,
+                                timeout=timeout)
+        return _parse_json(response, path)
+
+
+def _parse_json(response: requests.Response, path: str) -> Any:
+    try:
+        return orjson.loads(response.content) if response.content else {}
+    except orjson.JSONDecodeError:
+        raise ApiError(f"The server sent a response that is not JSON for {path}",
+                       status=response.status_code) from None
 
 
 def _server_message(response: requests.Response) -> str:

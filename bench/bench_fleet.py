@@ -1,0 +1,90 @@
+"""A first sync of 100k rows through the fleet, with 1, 2 and 4 workers. Prints rows/s and speed-up.
+
+    python bench/bench_fleet.py [--rows 100000] [--batch-size 1000] [--delay-ms 50] [--workers 1 2 4]
+                                [--pool prefork|threads|solo]
+
+Everything is real and local: a redis-server, the sandbox (in this process) adding ``--delay-ms`` to
+every commit like a distant API, N worker processes (``-c 1`` each) and a sqlite source. Each round
+syncs into a fresh, empty data source, timed from the trigger to the recorded summary (so it includes
+reading the source, fetching the remote entries, planning, staging and finalizing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.join(HERE, "..", "tests"), os.path.join(HERE, "..", "tests", "fleet")]
+
+from fleetproc import Fleet as Processes  # noqa: E402
+from fleetproc import fleet_env, make_source, wait_for, write_config  # noqa: E402
+from servers import RedisServer  # noqa: E402
+
+from fliplet_workers.fleet import history  # noqa: E402
+from fliplet_workers.fleet.app import create_app  # noqa: E402
+from fliplet_workers.fleet.context import Fleet  # noqa: E402
+from fliplet_workers.fleet.settings import FleetSettings  # noqa: E402
+from fliplet_workers.sandbox.server import SandboxServer  # noqa: E402
+
+
+def one_round(workers: int, pool: str, args: argparse.Namespace, redis_url: str, sandbox: SandboxServer,
+              base: str, source: str) -> tuple[float, float, dict]:
+    config_dir = os.path.join(base, f"configs-{workers}-{pool}")
+    os.makedirs(config_dir, exist_ok=True)
+    name = f"bench{workers}"
+    ds = sandbox.store.create_data_source(name)
+    write_config(config_dir, name, api_url=sandbox.url, datasource_id=ds, database=source, batch_size=args.batch_size)
+    env = fleet_env(redis_url, config_dir)
+    settings = FleetSettings.from_env(env)
+    fleet, app = Fleet.create(settings), create_app(settings)
+    procs = Processes(env, base)
+    try:
+        for _ in range(workers):
+            procs.worker(concurrency=1, pool=pool, wait=False)
+        wait_for(lambda: all("ready." in p.text() for p in procs.procs), "the workers to start", 120)
+        started = time.perf_counter()
+        planned = app.send_task("fliplet.sync", args=[name]).get(timeout=600)
+        plan_seconds = time.perf_counter() - started
+        summary = wait_for(lambda: history.last(fleet.redis, name, 0), "the run summary", 1800, every=0.05)[0]
+        seconds = time.perf_counter() - started
+    finally:
+        procs.stop_all()
+    entries = len(sandbox.store.entries(ds))
+    if entries != args.rows or summary["inserted"] != args.rows:
+        raise SystemExit(f"{workers} worker(s): {entries} entries, summary {summary}")
+    return seconds, plan_seconds, planned
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--delay-ms", type=float, default=50)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"])
+    args = parser.parse_args()
+    base = tempfile.mkdtemp(prefix="fw-bench-fleet-")
+    source = os.path.join(base, "source.db")
+    make_source(source, args.rows)
+    print(f"{args.rows:,} rows, batches of {args.batch_size}, {args.delay_ms:g} ms added to every commit, "
+          f"{os.cpu_count()} CPU(s), pool {args.pool} (-c 1 per worker process)")
+    with RedisServer() as redis_server:
+        sandbox = SandboxServer(port=0).start()
+        sandbox.faults.set(commit_delay_ms=args.delay_ms)
+        try:
+            first = None
+            for workers in args.workers:
+                seconds, plan, _ = one_round(workers, args.pool, args, redis_server.url, sandbox, base, source)
+                first = first or seconds
+                print(f"{workers} worker(s): {seconds:6.2f} s  {args.rows / seconds:9,.0f} rows/s  "
+                      f"speed-up {first / seconds:4.2f}x  (planning {plan:.2f} s)", flush=True)
+        finally:
+            sandbox.stop()
+
+
+if __name__ == "__main__":
+    main()

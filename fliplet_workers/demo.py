@@ -36,7 +36,7 @@ def show(server: SandboxServer, title: str) -> None:
     for entry in entries[:3]:
         print(f"   #{entry['id']}: {entry['data']}")
     if len(entries) > 3:
-        print(f"   ... and {len(entries) - 3} more; browse them all at {server.url}")
+        print(f"   ... and {len(entries) - 3} more")
 
 
 def main(config_path: str = "configs/demo.yml", workdir: str = "var") -> int:

@@ -1,0 +1,115 @@
+"""The Fliplet client against the real sandbox and a raw local HTTP server: regions, headers,
+error mapping (which failures may have been applied), streaming reads."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from fliplet_workers import __version__
+from fliplet_workers.errors import AccessError, ApiError, AuthError
+from fliplet_workers.fliplet.client import FlipletClient, base_url_for
+from fliplet_workers.sandbox import DEMO_TOKEN, NO_ACCESS_TOKEN, SandboxServer
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[SandboxServer]:
+    with SandboxServer(port=0) as server:
+        yield server
+
+
+def test_region_from_token() -> None:
+    assert base_url_for("eu--123") == "https://api.fliplet.com/"
+    assert base_url_for("US--123") == "https://us.api.fliplet.com/"
+    assert base_url_for("ca--123") == "https://ca.api.fliplet.com/"
+    assert base_url_for("xx--123") == "https://api.fliplet.com/"
+    assert base_url_for("us--123", "http://127.0.0.1:9/api") == "http://127.0.0.1:9/api/"
+
+
+def test_tls_verification_stays_on() -> None:
+    assert FlipletClient("eu--x").session.verify is True
+    assert FlipletClient("eu--x", ca_bundle="/etc/ssl/certs/ca-certificates.crt").session.verify.endswith(".crt")
+
+
+class Recorder(http.server.BaseHTTPRequestHandler):
+    seen: list[dict[str, Any]] = []
+    mode = "ok"
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        Recorder.seen.append(dict(self.headers))
+        if Recorder.mode == "drop":
+            self.close_connection = True
+            self.connection.close()
+            return
+        body = b'{"user": {"email": "me@example.org"}}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def recorder() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    Recorder.seen.clear()
+    Recorder.mode = "ok"
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_headers_like_the_original(recorder: str) -> None:
+    FlipletClient("eu--tok-123", recorder).user()
+    headers = Recorder.seen[0]
+    assert headers["Auth-token"] == "eu--tok-123"
+    assert headers["User-Agent"] == f"Fliplet Agent/{__version__}"
+
+
+def test_dropped_connection_is_an_unknown_outcome(recorder: str) -> None:
+    Recorder.mode = "drop"
+    with pytest.raises(ApiError) as info:
+        FlipletClient("eu--tok", recorder).user()
+    assert info.value.outcome_unknown and info.value.status is None
+
+
+def test_refused_connection_is_known_not_applied() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ApiError) as info:
+        FlipletClient("eu--tok", f"http://127.0.0.1:{port}/", timeout=5).user()
+    assert not info.value.outcome_unknown and "Could not connect" in info.value.message
+
+
+def test_error_mapping_against_the_sandbox(sandbox: SandboxServer) -> None:
+    with pytest.raises(AuthError, match="Invalid or expired token"):
+        FlipletClient("eu--wrong", sandbox.url).user()
+    with pytest.raises(AccessError) as info:
+        list(FlipletClient(NO_ACCESS_TOKEN, sandbox.url).iter_entries(1))
+    assert "You don't have access to the dataSource (1)" in info.value.message
+    assert "The server said:" in info.value.message
+    client = FlipletClient(DEMO_TOKEN, sandbox.url)
+    with pytest.raises(ApiError) as bad:
+        client.commit(1, {"append": True, "entries": [{"id": 987654, "data": {}}]})
+    assert bad.value.status == 400 and not bad.value.outcome_unknown
+
+
+def test_stream_entries_and_find_keys(sandbox: SandboxServer) -> None:
+    client = FlipletClient(DEMO_TOKEN, sandbox.url)
+    ds = sandbox.store.create_data_source("client")
+    client.commit(ds, {"append": True, "entries": [{"data": {"k": i, "v": i / 2}} for i in range(2500)]})
+    entries = list(client.iter_entries(ds))
+    assert len(entries) == 2500 and entries[3]["data"] == {"k": 3, "v": 1.5}
+    assert isinstance(entries[3]["data"]["v"], float)
+    assert sorted(client.find_keys(ds, "k", [1, 2, 5000, 2499])) == [1, 2, 2499]

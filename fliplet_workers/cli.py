@@ -54,6 +54,18 @@ def _parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--data", default=None, help="JSON file holding the sandbox state (kept across runs)")
     sandbox.set_defaults(handler=cmd_sandbox)
 
+    install = sub.add_parser("install", help="Install a config to run as a background service (systemd).")
+    install.add_argument("config")
+    install.add_argument("--system", action="store_true", help="a system unit (root) instead of a user unit")
+    install.add_argument("--unit-dir", default=None, help="where to write the unit (default: systemd's)")
+    install.set_defaults(handler=cmd_install)
+
+    uninstall = sub.add_parser("uninstall", help="Remove the background service of a config.")
+    uninstall.add_argument("config")
+    uninstall.add_argument("--system", action="store_true")
+    uninstall.add_argument("--unit-dir", default=None)
+    uninstall.set_defaults(handler=cmd_uninstall)
+
     demo = sub.add_parser("demo", help="Run configs/demo.yml end to end against a local sandbox (offline).")
     demo.add_argument("--config", default="configs/demo.yml")
     demo.set_defaults(handler=cmd_demo)
@@ -173,6 +185,37 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
     serve_forever(args.host, args.port, args.data)
     return 0
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fliplet_workers import service
+
+    if _load(args.config) is None:  # never install a config that cannot run
+        return ConfigError.exit_code
+    unit_dir = Path(args.unit_dir) if args.unit_dir else service.default_unit_dir(args.system)
+    path = service.install(Path(args.config), unit_dir, args.system)
+    scope = "" if args.system else "--user "
+    print(f"Installed {path}.\nStart it now and at boot with: systemctl {scope}daemon-reload && "
+          f"systemctl {scope}enable --now {path.name}\nFollow its output with: journalctl {scope}-u {path.name} -f")
+    if not args.system:
+        print("A user service keeps running after logout only with: loginctl enable-linger $USER")
+    return 0
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fliplet_workers import service
+
+    unit_dir = Path(args.unit_dir) if args.unit_dir else service.default_unit_dir(args.system)
+    name = service.unit_name(Path(args.config).resolve())
+    scope = "" if args.system else "--user "
+    print(f"Stop it first with: systemctl {scope}disable --now {name}")
+    removed = service.uninstall(Path(args.config), unit_dir)
+    print(f"Removed {removed}." if removed else f"No service {name} is installed in {unit_dir}.")
+    return 0 if removed else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

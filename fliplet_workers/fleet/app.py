@@ -37,7 +37,6 @@ def celery_config(settings: FleetSettings) -> dict[str, Any]:
             "unacked_restore_interval": settings.restore_interval,
             "unacked_restore_throttle": 1,
         },
-        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
         "timezone": settings.timezone,
         "enable_utc": True,
         "task_serializer": "json",
@@ -53,7 +52,6 @@ def celery_config(settings: FleetSettings) -> dict[str, Any]:
         # Flower: events for every task, arguments and results kept with the result.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
-        "task_track_started": True,
         "result_extended": True,
         "result_expires": int(settings.run_ttl),
         "beat_scheduler": SCHEDULER,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import redis
 
 from fliplet_workers.fleet import keys
-from fliplet_workers.fleet.locks import Lock
+from fliplet_workers.fleet.locks import RunLock
 from fliplet_workers.fleet.registry import Registry
 from fliplet_workers.fleet.settings import FleetSettings, connect
 from fliplet_workers.fleet.staging import RunStore
@@ -29,8 +29,9 @@ class Fleet:
     def create(cls, settings: FleetSettings) -> Fleet:
         return cls(settings, connect(settings.redis_url), Registry(settings.config_dir))
 
-    def run_lock(self, config: str, operation: int) -> Lock:
-        return Lock(self.redis, keys.lock(config, operation), self.settings.lock_ttl_ms)
+    def run_lock(self, config: str, operation: int) -> RunLock:
+        return RunLock(self.redis, keys.lock(config, operation), self.settings.lock_ttl_ms,
+                       keys.current(config, operation), self.settings.run_ttl_s)
 
     def store(self, run_id: str) -> RunStore:
         return RunStore(self.redis, run_id, self.settings.run_ttl_s)

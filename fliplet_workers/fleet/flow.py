@@ -22,28 +22,30 @@ what a redelivered task (late acks) does after its worker died.
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
+import hashlib
 import os
 import socket
+import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fliplet_workers import extensions
+import orjson
+
+from fliplet_workers import extensions, files
 from fliplet_workers.config import Config
 from fliplet_workers.core.batches import Batch
 from fliplet_workers.core.retry import CommitOutcome
 from fliplet_workers.core.summary import RunSummary
-from fliplet_workers.errors import AgentError, ConfigError, EncryptionError
+from fliplet_workers.errors import AgentError, ConfigError
 from fliplet_workers.fleet import history
 from fliplet_workers.fleet import keys as fleet_keys
 from fliplet_workers.fleet.context import Fleet
 from fliplet_workers.fleet.locks import kept_alive
 from fliplet_workers.fleet.staging import DISPATCHED, RunMeta
 from fliplet_workers.fleet.state import BatchState, outcome_from_dict, outcomes
+from fliplet_workers.fliplet.client import FlipletClient
 from fliplet_workers.logs import OperationLog, for_config
 from fliplet_workers.run import (
     OperationRun,
@@ -83,6 +85,26 @@ class Committed:
     retry_in: float | None = None
 
 
+_local = threading.local()
+
+
+def shared_client(config: Config) -> FlipletClient:
+    """One API client per config and thread, kept from task to task so that its HTTP connections
+    stay open (a commit task then costs no TCP or TLS handshake). A changed token, URL or CA bundle
+    gets a new client."""
+    clients: dict[str, tuple[tuple[Any, ...], FlipletClient]] = _local.__dict__.setdefault("clients", {})
+    token = hashlib.sha256(str.__str__(config.auth_token).encode()).hexdigest()
+    wanted = (token, config.api_url, config.ca_bundle, config.timeout)
+    known = clients.get(config.path)
+    if known is not None and known[0] == wanted:
+        return known[1]
+    if known is not None:
+        known[1].close()
+    client = connect_client(config)
+    clients[config.path] = (wanted, client)
+    return client
+
+
 def worker_label() -> str:
     """Which process does a step: recorded in the batch state (and used by the tests to find it)."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -105,14 +127,16 @@ def start(fleet: Fleet, run_id: str, config_name: object, operation: object = 0,
         return Started(head | {"ok": False, "errors": [error.log_text()]})
     name, log = config.name, for_config(config.name)
     lock = fleet.run_lock(name, index)
-    if not lock.claim(run_id):
+    meta = fleet.store(run_id).meta()
+    if meta is not None:  # this very task ran before, on a worker that died: carry on
+        if not lock.carry_on(run_id):
+            return Started(_superseded(run_id, name, index, lock.holder() or lock.latest(), log))
+        return _resume(fleet, meta, log)
+    if not lock.start(run_id):
         holder = lock.holder()
         log.info(f"Operation {index + 1} is already running (run {holder}): this trigger is skipped.")
         return Started({"run_id": run_id, "config": name, "operation": index, "skipped": True,
                         "reason": f"run {holder} is in progress"})
-    meta = fleet.store(run_id).meta()
-    if meta is not None:  # this very task ran before, on a worker that died: carry on
-        return _resume(fleet, meta, log)
     started = time.time()
     try:
         with kept_alive([lambda: lock.renew(run_id)], fleet.renew_every, "operation lock"):
@@ -126,6 +150,12 @@ def start(fleet: Fleet, run_id: str, config_name: object, operation: object = 0,
         log.critical(text)
         _finish_inline(fleet, run_id, RunSummary(config=name, operation=index, ok=False, errors=[text]), started)
         raise FleetError(text) from None
+
+
+def _superseded(run_id: str, name: str, index: int, other: str | None, log: OperationLog) -> dict[str, Any]:
+    log.warning(f"Run {run_id} was superseded by run {other} of operation {index + 1}: it stops here.")
+    return {"run_id": run_id, "config": name, "operation": index, "skipped": True,
+            "reason": f"superseded by run {other}"}
 
 
 def operation_index(config: Config, operation: object) -> int:
@@ -154,7 +184,10 @@ def _plan(fleet: Fleet, run_id: str, config: Config, index: int, dry_run: bool, 
         if run.dry_run or op.type == "pull":  # nothing to fan out: exactly the foreground agent's run
             return Started(_finish_inline(fleet, run_id, run_operation(run), started))
         extensions.attach(run)
-        plan, batches = plan_push(run)
+        try:
+            plan, batches = plan_push(run)
+        finally:
+            extensions.detach(run)
         counts = plan.counts()
         log.info(f"Plan: {counts['insert']} to insert, {counts['update']} to update, {counts['delete']} to "
                  f"delete, {counts['unchanged']} unchanged, {counts['skipped']} skipped.")
@@ -196,7 +229,6 @@ def mark_dispatched(fleet: Fleet, run_id: str) -> None:
 def _count_file_jobs(run: OperationRun, batches: list[Batch]) -> dict[int, int]:
     if not run.op.files:
         return {}
-    files = _files()
     counts = {b.number: len(files.file_jobs(b, run.op)) for b in batches}
     return {n: c for n, c in counts.items() if c}
 
@@ -217,8 +249,8 @@ def commit(fleet: Fleet, run_id: str, number: int, config_name: str, operation: 
     outcome = state.outcome()
     if outcome is None:
         lock = fleet.run_lock(meta.config, meta.operation)
-        if not lock.claim(run_id):
-            holder = lock.holder()
+        if not lock.carry_on(run_id):
+            holder = lock.holder() or lock.latest()
             log.warning(f"Run {run_id} no longer holds operation {meta.operation + 1} (run {holder} does): "
                         f"batch {number} is not sent; the newer run covers its rows.")
             outcome = state.finish(CommitOutcome(committed=False, errors=[
@@ -251,25 +283,29 @@ def _finalized(fleet: Fleet, run_id: str) -> bool:
 
 def _send(fleet: Fleet, meta: RunMeta, number: int, state: BatchState, log: OperationLog) -> dict[str, Any]:
     outcome: CommitOutcome
+    file_errors = 0
     try:
         config = fleet.registry.load(meta.config)
         batch = fleet.store(meta.run_id).batch(number)
         if batch is None:
             raise FleetError(f"batch {number} of run {meta.run_id} is no longer staged (expired?)")
-        client = connect_client(config)
+        client = shared_client(config)
+        # Not ``extensions.attach``: the planner did the checks and created the encryption key; the
+        # files were uploaded by the upload steps, so a batch only needs its file columns rewritten
+        # and its fields encrypted.
+        run = OperationRun(config=config, index=meta.operation, client=client, log=log)
         try:
-            run = OperationRun(config=config, index=meta.operation, client=client, log=log)
-            extensions.attach(run)
             if run.op.files:
-                batch = _apply_uploads(fleet, run, meta.run_id, batch)
-                run.prepare = _encrypt_only(run)
+                batch, file_errors = _apply_uploads(fleet, run, meta.run_id, batch)
+            if run.op.encrypt is not None:
+                run.prepare = lambda part: extensions.encrypt_only(run, part)
             unknown = state.begin(worker_label())  # before anything is sent: a death from here is "unknown"
             if unknown:
                 log.warning(f"Batch {number}: an earlier attempt stopped without an answer (its worker died?); "
                             "checking the data source before sending it again.")
             outcome = commit_batch(run, batch, start_unknown=unknown, on_attempt=state.attempt)
         finally:
-            client.close()
+            extensions.detach(run)
     except AgentError as error:
         log.critical(redact(error.log_text()))
         outcome = CommitOutcome(committed=False, errors=[f"Batch {number}: {redact(error.log_text())}"])
@@ -277,20 +313,15 @@ def _send(fleet: Fleet, meta: RunMeta, number: int, state: BatchState, log: Oper
         text = f"Batch {number}: {type(error).__name__}: {redact(str(error))}"
         log.error(text)
         outcome = CommitOutcome(committed=False, errors=[text])
-    return state.finish(outcome)
+    return state.finish(outcome, file_errors=file_errors)
 
 
 def _brief(outcome: dict[str, Any]) -> dict[str, Any]:
     return {k: outcome.get(k) for k in ("committed", "inserted", "updated", "deleted", "attempts",
-                                         "already_applied", "rejected_entries", "errors")}
+                                         "already_applied", "rejected_entries", "file_errors", "errors")}
 
 
 # ------------------------------------------------------------------------------------ files
-
-
-def _files() -> Any:
-    """``fliplet_workers.files`` (file_jobs, upload_one, apply_file_results): imported when needed."""
-    return importlib.import_module("fliplet_workers.files")
 
 
 def upload(fleet: Fleet, run_id: str, number: int, job: int, config_name: str, operation: int) -> dict[str, Any]:
@@ -298,70 +329,40 @@ def upload(fleet: Fleet, run_id: str, number: int, job: int, config_name: str, o
     head = {"run_id": run_id, "config": config_name, "operation": operation, "batch": number, "job": job}
     key = fleet_keys.file_result(run_id, number, job)
     if fleet.redis.exists(key):
-        return head | {"uploaded": True, "again": False}
+        return head | {"uploaded": True, "again": True}
     log = for_config(config_name)
     store = fleet.store(run_id)
     meta, batch = store.meta(), store.batch(number)
     if meta is None or batch is None:
         return head | {"uploaded": False, "reason": "the run's staged data is gone"}
     lock = fleet.run_lock(meta.config, meta.operation)
-    if not lock.claim(run_id):
+    if not lock.carry_on(run_id):
         return head | {"uploaded": False, "reason": "the run was superseded"}
     try:
         config = fleet.registry.load(meta.config)
-        client = connect_client(config)
+        run = OperationRun(config=config, index=meta.operation, client=shared_client(config), log=log)
         try:
-            run = OperationRun(config=config, index=meta.operation, client=client, log=log)
-            extensions.attach(run)
-            files = _files()
             result = files.upload_one(run, files.file_jobs(batch, run.op)[job])
         finally:
-            client.close()
-    except Exception as error:  # the commit step uploads whatever is missing itself
+            extensions.detach(run)
+    except Exception as error:  # not kept: the commit step uploads whatever is missing itself
         log.error(f"Batch {number}: file {job + 1} could not be uploaded: {type(error).__name__}: "
                   f"{redact(str(error))}")
         return head | {"uploaded": False, "reason": redact(str(error))}
-    fleet.redis.set(key, _dump_result(result), ex=fleet.settings.run_ttl_s)
-    return head | {"uploaded": True}
+    fleet.redis.set(key, orjson.dumps(result.to_dict()), ex=fleet.settings.run_ttl_s)
+    return head | {"uploaded": result.ok, "error": result.error}
 
 
-def _apply_uploads(fleet: Fleet, run: OperationRun, run_id: str, batch: Batch) -> Batch:
-    """Rewrite the batch's file columns from the uploads done by the upload steps (any missing one
-    is uploaded here)."""
-    files = _files()
+def _apply_uploads(fleet: Fleet, run: OperationRun, run_id: str, batch: Batch) -> tuple[Batch, int]:
+    """The batch with its file columns rewritten from the upload steps' results (a missing result is
+    uploaded here), and how many files failed."""
     jobs = files.file_jobs(batch, run.op)
-    raw = fleet.redis.mget([fleet_keys.file_result(run_id, batch.number, i) for i in range(len(jobs))]) if jobs else []
-    results = [files.upload_one(run, job) if data is None else _load_result(files, data)
+    if not jobs:
+        return batch, 0
+    raw = fleet.redis.mget([fleet_keys.file_result(run_id, batch.number, i) for i in range(len(jobs))])
+    results = [files.upload_one(run, job) if data is None else files.FileResult.from_dict(orjson.loads(data))
                for job, data in zip(jobs, raw, strict=True)]
-    prepared: Batch = files.apply_file_results(batch, jobs, results)
-    return prepared
-
-
-def _encrypt_only(run: OperationRun) -> Callable[[Batch], Batch] | None:
-    """The files are uploaded already: prepare a batch with encryption alone."""
-    encrypt_only = getattr(extensions, "encrypt_only", None)
-    if encrypt_only is not None:
-        return lambda batch: encrypt_only(run, batch)
-    if run.op.encrypt is not None:
-        raise EncryptionError("this version cannot encrypt a batch whose files the fleet uploaded "
-                              "(extensions.encrypt_only is missing)")
-    return None
-
-
-def _dump_result(result: Any) -> bytes:
-    import orjson
-
-    data = dataclasses.asdict(result) if dataclasses.is_dataclass(result) and not isinstance(result, type) \
-        else result.to_dict()
-    return orjson.dumps(data)
-
-
-def _load_result(files: Any, raw: str | bytes) -> Any:
-    import orjson
-
-    data = orjson.loads(raw)
-    factory = getattr(files.FileResult, "from_dict", None)
-    return factory(data) if factory is not None else files.FileResult(**data)
+    return files.apply_file_results(batch, jobs, results, run.log), sum(1 for r in results if not r.ok)
 
 
 # ------------------------------------------------------------------------------------ the end
@@ -387,6 +388,7 @@ def finalize(fleet: Fleet, run_id: str, config_name: str, operation: int, owner:
             summary.errors.append(f"Batch {number}: no outcome was recorded.")
         else:
             add_outcome(summary, outcome_from_dict(outcome))
+            summary.file_errors += int(outcome.get("file_errors") or 0)
     summary.seconds = round(time.time() - meta.started, 3)
     log = for_config(meta.config)
     try:
@@ -408,17 +410,21 @@ def finalize(fleet: Fleet, run_id: str, config_name: str, operation: int, owner:
 def _finish_inline(fleet: Fleet, run_id: str, summary: RunSummary, started: float) -> dict[str, Any]:
     if not summary.seconds:
         summary.seconds = round(time.time() - started, 3)
-    fleet.store(run_id).save_inline(summary.config, summary.operation, started)
-    return _record(fleet, run_id, summary)
+    return _record(fleet, run_id, summary, inline_started=started)
 
 
 def _as_result(run_id: str, summary: RunSummary) -> dict[str, Any]:
     return {"run_id": run_id, **summary.to_dict(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
-def _record(fleet: Fleet, run_id: str, summary: RunSummary) -> dict[str, Any]:
+def _record(fleet: Fleet, run_id: str, summary: RunSummary, inline_started: float | None = None) -> dict[str, Any]:
     result = _as_result(run_id, summary)
-    fleet.store(run_id).save_summary(result)
-    history.record(fleet.redis, summary.config, summary.operation, result, fleet.settings.history)
+    store = fleet.store(run_id)
+    with fleet.redis.pipeline(transaction=True) as pipe:  # the summary and its history entry, at once
+        if inline_started is not None:  # a run without batches: its metadata too
+            store.save_inline(summary.config, summary.operation, inline_started, pipe)
+        store.save_summary(result, pipe)
+        history.add(pipe, summary.config, summary.operation, result, fleet.settings.history)
+        pipe.execute()
     fleet.run_lock(summary.config, summary.operation).release(run_id)
     return result

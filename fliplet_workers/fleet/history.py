@@ -15,11 +15,16 @@ from fliplet_workers.fleet import keys
 
 
 def record(client: redis.Redis, config: str, operation: int, summary: dict[str, Any], keep: int) -> None:
-    key = keys.last(config, operation)
     with client.pipeline(transaction=True) as pipe:
-        pipe.lpush(key, orjson.dumps(summary))
-        pipe.ltrim(key, 0, max(0, keep - 1))
+        add(pipe, config, operation, summary, keep)
         pipe.execute()
+
+
+def add(pipe: redis.client.Pipeline, config: str, operation: int, summary: dict[str, Any], keep: int) -> None:
+    """Queue the writes of :func:`record` on ``pipe`` (to make them part of a larger transaction)."""
+    key = keys.last(config, operation)
+    pipe.lpush(key, orjson.dumps(summary))
+    pipe.ltrim(key, 0, max(0, keep - 1))
 
 
 def last(client: redis.Redis, config: str, operation: int, count: int = 1) -> list[dict[str, Any]]:

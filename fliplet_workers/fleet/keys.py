@@ -7,6 +7,7 @@ Config names are file names without their extension and never contain ``:`` (see
 key                                        type    what it holds
 =========================================  ======  ====================================================
 ``fleet:lock:<config>:<op>``               string  run id holding the operation (PX ttl, renewed)
+``fleet:current:<config>:<op>``            string  run id of the operation's latest run (to the run ttl)
 ``fleet:beat:leader``                      string  id of the beat that may send (PX ttl, renewed)
 ``fleet:run:<id>``                         hash    run metadata: config, operation, started, batches,
                                                    plan counts, state, summary once finalized
@@ -29,6 +30,10 @@ BEAT_LEADER = f"{PREFIX}:beat:leader"
 
 def lock(config: str, operation: int) -> str:
     return f"{PREFIX}:lock:{config}:{operation}"
+
+
+def current(config: str, operation: int) -> str:
+    return f"{PREFIX}:current:{config}:{operation}"
 
 
 def run(run_id: str) -> str:

@@ -8,6 +8,10 @@ so nobody ever extends or deletes a lock that another owner took in the meantime
 
 ``claim`` is re-entrant: the owner of a lock claims it again successfully. That is what lets a task
 redelivered after its worker died (same run id) carry on where it stopped.
+
+:class:`RunLock` adds one rule for the operation lock: a run may take a *free* lock back only while
+it is still the operation's latest run. A task redelivered long after its run's lock lapsed (the
+visibility timeout can outlast the lock) must not send its stale batch after a newer run.
 """
 
 from __future__ import annotations
@@ -35,6 +39,26 @@ return 0
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+# KEYS[1] = lock, KEYS[2] = current run, ARGV = run id, lock ttl ms, current ttl s.
+# Start a run: take the lock if free (or ours), and make the run the operation's latest.
+_START_RUN = """
+local current = redis.call('GET', KEYS[1])
+if current == false or current == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
+  return 1
+end
+return 0
+"""
+# Continue a run: keep the lock if ours, or take it back if free and no newer run started since.
+_CONTINUE_RUN = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] or (holder == false and redis.call('GET', KEYS[2]) == ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
 end
 return 0
 """
@@ -79,6 +103,27 @@ class Lock:
         """Seconds left before the lock expires (0 if it is free)."""
         left = int(self.client.pttl(self.key))
         return max(0.0, left / 1000.0)
+
+
+@dataclass
+class RunLock(Lock):
+    """The lock of one operation (``fleet:lock:<config>:<op>``), aware of the operation's latest run."""
+
+    current_key: str = ""
+    current_ttl_s: int = 86400
+
+    def start(self, run_id: str) -> bool:
+        """Begin run ``run_id`` (or re-enter it): False if another run holds the operation."""
+        return bool(self.client.eval(_START_RUN, 2, self.key, self.current_key, run_id, self.ttl_ms,
+                                     self.current_ttl_s))
+
+    def carry_on(self, run_id: str) -> bool:
+        """For every later step of the run: False if the run was superseded."""
+        return bool(self.client.eval(_CONTINUE_RUN, 2, self.key, self.current_key, run_id, self.ttl_ms))
+
+    def latest(self) -> str | None:
+        value = self.client.get(self.current_key)
+        return None if value is None else str(value)
 
 
 @contextlib.contextmanager

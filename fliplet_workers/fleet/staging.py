@@ -80,19 +80,18 @@ class RunStore:
                 pipe.set(keys.batch(self.run_id, batch.number), orjson.dumps(batch.to_dict()), ex=self.ttl)
             pipe.hset(self.key, mapping={
                 "config": config, "operation": operation, "started": started, "batches": len(batches),
-                "state": STAGED, "plan": orjson.dumps(plan), "file_jobs": orjson.dumps(file_jobs or {}),
+                "state": STAGED, "plan": orjson.dumps(plan), "file_jobs": orjson.dumps({str(n): c for n, c in (file_jobs or {}).items()}),
             })
             pipe.expire(self.key, self.ttl)
             pipe.execute()
 
-    def save_inline(self, config: str, operation: int, started: float) -> None:
-        """A run done without batches (dry run, pull, nothing to commit, failure); the summary follows."""
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(self.key, mapping={
-                "config": config, "operation": operation, "started": started, "batches": 0, "state": STAGED,
-            })
-            pipe.expire(self.key, self.ttl)
-            pipe.execute()
+    def save_inline(self, config: str, operation: int, started: float, pipe: redis.client.Pipeline) -> None:
+        """Queue the metadata of a run done without batches (dry run, pull, nothing to commit, a
+        failure) on ``pipe``, which also writes its summary."""
+        pipe.hset(self.key, mapping={
+            "config": config, "operation": operation, "started": started, "batches": 0, "state": STAGED,
+        })
+        pipe.expire(self.key, self.ttl)
 
     def set_state(self, state: str) -> None:
         self.client.hset(self.key, "state", state)
@@ -112,8 +111,9 @@ class RunStore:
             return True
         return self.client.hget(self.key, "finalized_by") == owner
 
-    def save_summary(self, summary: dict[str, Any]) -> None:
-        self.client.hset(self.key, mapping={"state": FINALIZED, "summary": orjson.dumps(summary)})
+    def save_summary(self, summary: dict[str, Any], pipe: redis.client.Pipeline | None = None) -> None:
+        """Mark the run finalized with its summary (queued on ``pipe`` when given)."""
+        (pipe or self.client).hset(self.key, mapping={"state": FINALIZED, "summary": orjson.dumps(summary)})
 
     def drop_batches(self, count: int) -> None:
         """The rows are no longer needed once the run is finalized (the rest expires with the run)."""

@@ -27,6 +27,7 @@ from fliplet_workers.fleet.locks import Lock
 _BEGIN = """
 local previous = redis.call('HGET', KEYS[1], 'inflight')
 redis.call('HSET', KEYS[1], 'inflight', '1', 'worker', ARGV[1], 'started', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'starts', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return previous
 """
@@ -56,7 +57,8 @@ class BatchState:
         return None if raw is None else dict(orjson.loads(raw))
 
     def begin(self, worker: str) -> bool:
-        """Mark an attempt as started (before anything is sent). True if an earlier one never ended."""
+        """Mark an attempt as started (before anything is sent; ``starts`` counts them, ``attempts``
+        counts the requests that got an answer). True if an earlier start never ended."""
         previous = self.client.eval(_BEGIN, 1, self.key, worker, f"{time.time():.3f}", self.ttl)
         return previous is not None
 
@@ -68,9 +70,9 @@ class BatchState:
                 pipe.hset(self.key, "last_error", error)
             pipe.execute()
 
-    def finish(self, outcome: CommitOutcome) -> dict[str, Any]:
-        """Record the outcome and clear the in-flight mark, atomically."""
-        data = asdict(outcome)
+    def finish(self, outcome: CommitOutcome, file_errors: int = 0) -> dict[str, Any]:
+        """Record the outcome (and how many files failed) and clear the in-flight mark, atomically."""
+        data = asdict(outcome) | {"file_errors": file_errors}
         with self.client.pipeline(transaction=True) as pipe:
             pipe.hset(self.key, mapping={"outcome": orjson.dumps(data), "finished": f"{time.time():.3f}"})
             pipe.hdel(self.key, "inflight")

@@ -20,9 +20,13 @@ from typing import Any
 import redis
 from celery import chain
 
+import fliplet_workers.sources.sql  # noqa: F401 - see below
 from fliplet_workers.fleet import flow
 from fliplet_workers.fleet.app import app
 from fliplet_workers.fleet.context import current
+
+# The worker imports this module before it forks its pool processes: importing the SQL layer
+# (SQLAlchemy) here, once, spares every pool process ~0.2 s at its first sync.
 
 _COMMON: dict[str, Any] = {
     "bind": True,
@@ -37,7 +41,7 @@ _COMMON: dict[str, Any] = {
 BUSY_RETRIES = 100
 
 
-@app.task(name="fliplet.sync", **_COMMON)
+@app.task(name="fliplet.sync", track_started=True, **_COMMON)
 def sync(self: Any, config_name: str, operation: int = 0, dry_run: bool = False) -> dict[str, Any]:
     """Run operation ``operation`` of the config file named ``config_name`` now."""
     started = flow.start(current(), self.request.id, config_name, operation, dry_run)
@@ -75,7 +79,7 @@ def commit(self: Any, run_id: str, batch_number: int, config_name: str, operatio
     return done.result
 
 
-@app.task(name="fliplet.finalize", **_COMMON)
+@app.task(name="fliplet.finalize", track_started=True, **_COMMON)
 def finalize(self: Any, run_id: str, config_name: str, operation: int) -> dict[str, Any]:
     """The run's summary: inserted, updated, deleted, unchanged, skipped, errors, seconds, batches."""
     return flow.finalize(current(), run_id, config_name, operation, owner=self.request.id)

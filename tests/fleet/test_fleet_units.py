@@ -310,3 +310,28 @@ def test_bad_names_and_operations_are_refused(local: Fleet, sandbox: SandboxServ
     assert "not a config name" in flow.start(local, "r", "../one").result["errors"][0]
     assert "operation 3 does not exist" in flow.start(local, "r", "one", 3).result["errors"][0]
     assert flow.start(local, "r", "one", True).result["ok"] is False
+
+
+def test_a_run_whose_lock_lapsed_continues_only_if_no_newer_run_started(
+        local: Fleet, sandbox: SandboxServer) -> None:
+    name = f"lapse{_id()}"
+    ds = _config(local, sandbox, name, 8, batch_size=4)
+    old = f"old-{_id()}"
+    started = flow.start(local, old, name)
+    local.redis.delete(keys.lock(name, 0))  # the lock lapsed (its holders were gone for too long)...
+    assert flow.commit(local, old, 1, name, 0).result["committed"] is True  # ...no newer run: carry on
+    assert local.run_lock(name, 0).holder() == old
+
+    local.redis.delete(keys.lock(name, 0))  # lapsed again, and this time a newer run starts and ends
+    newer = flow.start(local, f"new-{_id()}", name)
+    _run_steps(local, newer.result["run_id"], newer)
+    flow.finalize(local, newer.result["run_id"], name, 0, owner="n")
+    assert local.run_lock(name, 0).holder() is None
+    late = flow.commit(local, old, 2, name, 0)  # the old run's batch 2, redelivered late: not sent
+    assert late.result["committed"] is False and "superseded" in late.result["errors"][0]
+    assert flow.start(local, old, name).result["skipped"] is True  # nor is its planner resumed
+    assert _ids(sandbox, ds) == list(range(1, 9)) and started.batches == [1, 2]
+
+
+def _ids(sandbox: SandboxServer, ds: int) -> list[int]:
+    return sorted(e["data"]["id"] for e in sandbox.store.entries(ds))

@@ -176,6 +176,40 @@ def test_a_worker_killed_mid_run_leaves_every_row_exactly_once(
     assert summary["ok"] and summary["inserted"] == 300 and summary["errors"] == []
     state = fleet.batch_state(run_id, number).load()
     assert "outcome" in state and "inflight" not in state
-    print("killed batch state:", state)
+    assert int(state["starts"]) >= 2  # started by the killed worker, finished by the other one
     assert fleet.redis.get(keys.lock(name, 0)) is None
     workers.append(processes.worker())  # later tests find two workers again
+
+
+def test_files_are_uploaded_by_their_own_tasks_before_their_batch_is_committed(
+        workers: list, fleet: Fleet, celery_app: Celery, sandbox: SandboxServer, config_dir: str,
+        data_dir: str, tmp_path: Any) -> None:
+    import sqlite3
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in (2, 5, 9):
+        (photos / f"p{i}.png").write_bytes(b"\x89PNG fake image " + bytes([i]) * 50)
+    name = f"files{uuid.uuid4().hex[:8]}"
+    ds = sandbox.store.create_data_source(name)
+    db = os.path.join(data_dir, f"{name}.db")
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT, photo TEXT)")
+        conn.executemany("INSERT INTO users VALUES (?, ?, ?)",
+                         [(i, f"u{i}@example.org", f"p{i}.png" if i in (2, 5, 9) else ("missing.png" if i == 7 else ""))
+                          for i in range(1, 11)])
+    conn.close()
+    write_config(config_dir, name, api_url=sandbox.url, datasource_id=ds, database=db, batch_size=4,
+                 query="SELECT id, email, photo FROM users",
+                 files=[{"column": "photo", "type": "local", "directory": str(photos)}])
+    run_id = celery_app.send_task("fliplet.sync", args=[name]).get(timeout=60)["run_id"]
+    summary = _summary(fleet, name)
+    assert summary["inserted"] == 10 and summary["file_errors"] == 1 and summary["batches"] == 3
+    rows = {e["data"]["id"]: e["data"] for e in sandbox.store.entries(ds)}
+    assert sorted(rows) == list(range(1, 11))
+    for i in (2, 5, 9):
+        assert rows[i]["photo"].startswith(sandbox.url) and rows[i]["photo"].endswith(f"{i}-p{i}.png")
+        assert isinstance(rows[i]["photoMediaFileId"], int)
+    assert "photo" not in rows[7]  # the missing file: the row is synced without the column
+    uploads = [k for k in fleet.redis.scan_iter(f"fleet:run:{run_id}:batch:*:file:*")]
+    assert len(uploads) == 4  # one upload task per file named (3 found, 1 missing), results kept

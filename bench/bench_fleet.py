@@ -3,7 +3,7 @@
     python bench/bench_fleet.py [--rows 100000] [--batch-size 1000] [--delay-ms 50] [--workers 1 2 4]
                                 [--pool prefork|threads|solo]
 
-Everything is real and local: a redis-server, the sandbox (in this process) adding ``--delay-ms`` to
+Everything is real and local: a redis-server, the sandbox (in its own process, like a remote API) adding ``--delay-ms`` to
 every commit like a distant API, N worker processes (``-c 1`` each) and a sqlite source. Each round
 syncs into a fresh, empty data source, timed from the trigger to the recorded summary (so it includes
 reading the source, fetching the remote entries, planning, staging and finalizing). It also prints
@@ -31,15 +31,54 @@ from fliplet_workers.fleet import history  # noqa: E402
 from fliplet_workers.fleet.app import create_app  # noqa: E402
 from fliplet_workers.fleet.context import Fleet  # noqa: E402
 from fliplet_workers.fleet.settings import FleetSettings  # noqa: E402
-from fliplet_workers.sandbox.server import SandboxServer  # noqa: E402
 
 
-def one_round(workers: int, pool: str, args: argparse.Namespace, redis_url: str, sandbox: SandboxServer,
+class RemoteSandbox:
+    """The sandbox in a child process, driven through its ``/_sandbox`` endpoints, so that its request
+    handling does not share this process's interpreter lock with the timing loop."""
+
+    def __init__(self) -> None:
+        import socket
+        import subprocess
+
+        import requests
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}/"
+        self.http = requests.Session()
+        self.proc = subprocess.Popen([sys.executable, "-m", "fliplet_workers.cli", "sandbox", "--port", str(port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: self._up(), "the sandbox to start", 30)
+
+    def _up(self) -> bool:
+        try:
+            return self.http.get(self.url + "_sandbox/state", timeout=1).ok
+        except OSError:
+            return False
+
+    def create_data_source(self, name: str) -> int:
+        return int(self.http.post(self.url + "_sandbox/data-sources", json={"name": name}, timeout=30).json()["id"])
+
+    def set_commit_delay(self, ms: float) -> None:
+        self.http.post(self.url + "_sandbox/faults", json={"commit_delay_ms": ms}, timeout=30).raise_for_status()
+
+    def entry_count(self, ds: int) -> int:
+        state = self.http.get(self.url + "_sandbox/state", timeout=30).json()
+        return int(next(d["entries"] for d in state["dataSources"] if d["id"] == ds))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def one_round(workers: int, pool: str, args: argparse.Namespace, redis_url: str, sandbox: RemoteSandbox,
               base: str, source: str) -> tuple[float, float, dict]:
     config_dir = os.path.join(base, f"configs-{workers}-{pool}")
     os.makedirs(config_dir, exist_ok=True)
     name = f"bench{workers}"
-    ds = sandbox.store.create_data_source(name)
+    ds = sandbox.create_data_source(name)
     write_config(config_dir, name, api_url=sandbox.url, datasource_id=ds, database=source, batch_size=args.batch_size)
     env = fleet_env(redis_url, config_dir)
     settings = FleetSettings.from_env(env)
@@ -58,7 +97,7 @@ def one_round(workers: int, pool: str, args: argparse.Namespace, redis_url: str,
         last_commit = max(float(s["finished"]) for s in states) - wall
     finally:
         procs.stop_all()
-    entries = len(sandbox.store.entries(ds))
+    entries = sandbox.entry_count(ds)
     if entries != args.rows or summary["inserted"] != args.rows:
         raise SystemExit(f"{workers} worker(s): {entries} entries, summary {summary}")
     return seconds, (first_commit, last_commit), planned
@@ -78,8 +117,8 @@ def main() -> None:
     print(f"{args.rows:,} rows, batches of {args.batch_size}, {args.delay_ms:g} ms added to every commit, "
           f"{os.cpu_count()} CPU(s), pool {args.pool} (-c 1 per worker process)")
     with RedisServer() as redis_server:
-        sandbox = SandboxServer(port=0).start()
-        sandbox.faults.set(commit_delay_ms=args.delay_ms)
+        sandbox = RemoteSandbox()
+        sandbox.set_commit_delay(args.delay_ms)
         try:
             first = first_phase = None
             serial = 0.0

@@ -137,8 +137,9 @@ def commit_batch(run: OperationRun, batch: Batch, *, start_unknown: bool = False
     body_extra = (op.run_hooks, op.merge)
 
     def send(part: Batch) -> None:
-        response = run.client.commit(op.datasource_id, part.body(*body_extra))
-        if op.on_sync is not None:
+        wanted = op.on_sync is not None
+        response = run.client.commit(op.datasource_id, part.body(*body_extra), answer=wanted)
+        if wanted:
             run.commit_responses.append(response)
 
     def find_existing(keys: list[Any]) -> list[Any]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fliplet_workers.core.diff import Plan
+from fliplet_workers.core.rows import gc_paused
 
 
 @dataclass
@@ -52,7 +53,11 @@ class Batch:
 
 def make_batches(plan: Plan, batch_size: int, primary_column: str | None) -> list[Batch]:
     """Updates first (they touch existing entries), then inserts, then leftover deletes."""
-    size = max(1, batch_size)
+    with gc_paused():
+        return _make_batches(plan, max(1, batch_size), primary_column)
+
+
+def _make_batches(plan: Plan, size: int, primary_column: str | None) -> list[Batch]:
     entries: list[tuple[dict[str, Any], Any, bool]] = [
         ({"id": entry_id, "data": row.data}, None, False) for entry_id, row in plan.updates
     ]

@@ -86,8 +86,8 @@ def normalise_key(value: Any, case_insensitive: bool) -> Key:
 
 
 def is_missing_key(value: Any) -> bool:
-    """A key is missing when null or empty text. Unlike the original, ``0`` is a valid key."""
-    return value is None or value is False or (isinstance(value, str) and value.strip() == "")
+    """A key is missing when null, ``false`` or empty text. Unlike the original, ``0`` is a valid key."""
+    return value is None or value is False or (type(value) is str and not value.strip())
 
 
 def is_flagged(value: Any) -> bool:
@@ -156,7 +156,6 @@ class LocalSet:
     keyed: dict[Key, LocalRow] = field(default_factory=dict)
     unkeyed: list[LocalRow] = field(default_factory=list)
     skips: list[Skip] = field(default_factory=list)
-    columns: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.keyed) + len(self.unkeyed)
@@ -199,13 +198,10 @@ def _collect(
     delete_column: str | None,
 ) -> LocalSet:
     out = LocalSet()
-    columns: dict[str, None] = {}
+    keyed = out.keyed
     for number, source_row in enumerate(rows, start=1):
         data = normalise_row(source_row)
-        for name in data:
-            if name not in columns:
-                columns[name] = None
-        deleted = bool(delete_column) and is_flagged(data.get(delete_column or ""))
+        deleted = is_flagged(data.get(delete_column)) if delete_column else False
         if primary_column is None:
             out.unkeyed.append(LocalRow(data=data, deleted=deleted))
             continue
@@ -216,16 +212,15 @@ def _collect(
                 f"A row is missing its primary key value from the database. Skipping: (row {number}) {_brief(data)}",
             ))
             continue
-        key = normalise_key(raw, case_insensitive)
-        if key in out.keyed:
+        key = raw.lower() if case_insensitive and isinstance(raw, str) else raw
+        if key in keyed:
             out.skips.append(Skip(
                 "duplicate_key",
                 f"Row {number} has the same primary key {raw!r} as an earlier row ({primary_column!r}). "
                 f"Skipping: {_brief(data)}",
             ))
             continue
-        out.keyed[key] = LocalRow(data=data, raw_key=raw, deleted=deleted)
-    out.columns = tuple(columns)
+        keyed[key] = LocalRow(data=data, raw_key=raw, deleted=deleted)
     return out
 
 

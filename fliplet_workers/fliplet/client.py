@@ -152,10 +152,14 @@ class FlipletClient:
         finally:
             response.close()
 
-    def commit(self, datasource_id: int, body: dict[str, Any]) -> dict[str, Any]:
-        """``POST v1/data-sources/:id/commit``."""
-        return dict(self.json("POST", f"v1/data-sources/{datasource_id}/commit", json=body,
-                              datasource_id=datasource_id))
+    def commit(self, datasource_id: int, body: dict[str, Any], *, answer: bool = True) -> dict[str, Any]:
+        """``POST v1/data-sources/:id/commit``. With ``answer=False`` the response (every affected
+        entry) is not parsed: nobody reads it unless a code config's ``onSync`` asks for it."""
+        path = f"v1/data-sources/{datasource_id}/commit"
+        if not answer:
+            self.request("POST", path, json=body, datasource_id=datasource_id)
+            return {}
+        return dict(self.json("POST", path, json=body, datasource_id=datasource_id))
 
     def query(self, datasource_id: int, body: dict[str, Any]) -> list[dict[str, Any]]:
         """``POST v1/data-sources/:id/data/query`` (``where``, ``attributes``, ``limit``…)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -26,6 +27,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from servers import DbParams, MariaDBServer, PostgresServer, RedisServer, Server, ServerError  # noqa: E402
+
+from fliplet_workers.sandbox import SandboxServer  # noqa: E402
 
 S = TypeVar("S", bound=Server)
 
@@ -98,3 +101,19 @@ def _reset_agent_logging() -> Iterator[None]:
         handler.close()
     logger.propagate = True
     logger.setLevel(logging.NOTSET)
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SandboxServer]:
+    """A fresh, real sandbox HTTP server on 127.0.0.1 (its default data: token ``eu--sandbox-token``,
+    data sources 1 and 2). Starting one takes milliseconds, so every test gets its own state."""
+    with SandboxServer(port=0) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _agent_log_file(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The agent appends to ``~/fliplet-agent.log`` by default: tests log to a temporary file instead."""
+    path = tmp_path_factory.mktemp("log") / "fliplet-agent.log"
+    monkeypatch.setenv("FLIPLET_AGENT_LOG", str(path))
+    return path

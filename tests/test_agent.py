@@ -15,17 +15,6 @@ from agent_support import World, make_world
 from fliplet_workers.sandbox import DEMO_TOKEN, SandboxServer
 
 
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[SandboxServer]:
-    with SandboxServer(port=0) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _log_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FLIPLET_AGENT_LOG", str(tmp_path / "fliplet-agent.log"))
-
-
 def _sqlite(tmp_path: Path) -> tuple[sa.Engine, dict[str, Any]]:
     path = tmp_path / "source.db"
     return sa.create_engine(f"sqlite:///{path}"), {"database_driver": "sqlite", "database_name": str(path)}

@@ -3,7 +3,6 @@ and no secret appears in the output."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +11,6 @@ import yaml
 
 from fliplet_workers.cli import main
 from fliplet_workers.sandbox import DEMO_TOKEN, NO_ACCESS_TOKEN, SandboxServer
-
-
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[SandboxServer]:
-    with SandboxServer(port=0) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _log_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FLIPLET_AGENT_LOG", str(tmp_path / "fliplet-agent.log"))
 
 
 def good_options(sandbox: SandboxServer, tmp_path: Path) -> dict[str, Any]:

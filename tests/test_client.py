@@ -16,12 +16,6 @@ from fliplet_workers.fliplet.client import FlipletClient, base_url_for
 from fliplet_workers.sandbox import DEMO_TOKEN, NO_ACCESS_TOKEN, SandboxServer
 
 
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[SandboxServer]:
-    with SandboxServer(port=0) as server:
-        yield server
-
-
 def test_region_from_token() -> None:
     assert base_url_for("eu--123") == "https://api.fliplet.com/"
     assert base_url_for("US--123") == "https://us.api.fliplet.com/"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,12 +13,6 @@ import pytest
 from fliplet_workers.config import load_config
 from fliplet_workers.run import run_config
 from fliplet_workers.sandbox import DEMO_TOKEN, SandboxServer
-
-
-@pytest.fixture
-def sandbox() -> Iterator[SandboxServer]:
-    with SandboxServer(port=0) as server:
-        yield server
 
 
 def test_code_config_push_and_pull(sandbox: SandboxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

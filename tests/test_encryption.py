@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +25,6 @@ from fliplet_workers.sandbox import DEMO_TOKEN, SandboxServer
 from fliplet_workers.secrets import Secret
 
 KEY = "MySuperSecretEncryptionKey"
-
-
-@pytest.fixture
-def sandbox() -> Iterator[SandboxServer]:
-    server = SandboxServer(port=0).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def world(sandbox: SandboxServer, tmp_path: Path) -> FilesWorld:

@@ -43,15 +43,6 @@ from fliplet_workers.secrets import Secret
 
 
 @pytest.fixture
-def sandbox() -> Iterator[SandboxServer]:
-    server = SandboxServer(port=0).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def files() -> Iterator[FileServer]:
     with FileServer() as server:
         yield server

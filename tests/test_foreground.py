@@ -10,10 +10,9 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import pytest
 import yaml
 
 from fliplet_workers.foreground import run_forever
@@ -41,12 +40,6 @@ def test_operations_run_at_their_cron_times() -> None:
 
     run_forever({0: "*/15 * * * *", 1: "0 * * * *"}, run_due, now=clock, sleep=clock.sleep, max_runs=5)
     assert calls == [("10:15", (0,)), ("10:30", (0,)), ("10:45", (0,)), ("11:00", (0, 1)), ("11:15", (0,))]
-
-
-@pytest.fixture
-def sandbox() -> Iterator[SandboxServer]:
-    with SandboxServer(port=0) as server:
-        yield server
 
 
 def test_cli_syncs_on_init_then_keeps_running_until_sigterm(sandbox: SandboxServer, tmp_path: Path) -> None:

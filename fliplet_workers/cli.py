@@ -126,20 +126,18 @@ def _run_once(config: Config, dry_run: bool, indexes: Sequence[int] | None = Non
     return all(s.ok for s in summaries)
 
 
-def _progress_bar() -> Callable[[int], Callable[[int], None]] | None:
-    """A progress bar over commit batches, only when stderr is a terminal (never in logs or CI)."""
+def _progress_bar() -> Callable[[int | None], Callable[[int], None]] | None:
+    """A progress bar over committed batches, only when stderr is a terminal (never in logs or CI)."""
     if not sys.stderr.isatty():
         return None
     from tqdm import tqdm
 
-    def factory(total: int) -> Callable[[int], None]:
-        if total < 2:
-            return lambda _: None
+    def factory(total: int | None) -> Callable[[int], None]:
         bar = tqdm(total=total, unit="batch", desc="Committing", leave=False)
 
         def tick(n: int) -> None:
             bar.update(n)
-            if bar.n >= total:
+            if total is not None and bar.n >= total:
                 bar.close()
 
         return tick

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,10 +19,10 @@ import orjson
 import requests
 
 from fliplet_workers.config.model import Config, Operation
-from fliplet_workers.core.batches import Batch, make_batches
-from fliplet_workers.core.diff import DiffOptions, Plan, diff
+from fliplet_workers.core.batches import Batch, BatchCutter
+from fliplet_workers.core.diff import Change, DiffOptions, Plan, Planner, Tally, index_remote
 from fliplet_workers.core.retry import CommitOutcome, RetryPolicy, commit_with_retries
-from fliplet_workers.core.rows import LocalSet, collect_rows
+from fliplet_workers.core.rows import gc_paused
 from fliplet_workers.core.summary import RunSummary
 from fliplet_workers.errors import AgentError
 from fliplet_workers.fliplet.client import USER_AGENT, FlipletClient
@@ -29,8 +30,9 @@ from fliplet_workers.logs import OperationLog, for_config
 from fliplet_workers.sources.context import SourceContext, iter_source_rows, open_database
 
 Prepare = Callable[[Batch], Batch]
-#: Given the number of batches, returns a function called once per committed batch (a progress bar).
-ProgressFactory = Callable[[int], Callable[[int], None]]
+#: Given the number of batches (None: not known yet), returns a function called once per committed
+#: batch (a progress bar).
+ProgressFactory = Callable[[int | None], Callable[[int], None]]
 
 
 @dataclass
@@ -90,42 +92,71 @@ def diff_options(run: OperationRun) -> DiffOptions:
         primary_column=op.primary_column,
         case_insensitive=op.case_insensitive_primary_column,
         timestamp_column=op.timestamp_column,
+        delete_column=op.delete_column,
         mode=op.mode,
         ignore_columns=ignore,
         decode_remote=run.decode_remote,
     )
 
 
-def read_local(run: OperationRun) -> LocalSet:
+def _planner(run: OperationRun) -> Planner:
+    """Index the remote entries (the source rows are then judged one by one as they stream in)."""
     op = run.op
-    ctx = SourceContext(db=run.db, http=requests.Session(), config=run.config)
-    try:
-        local = collect_rows(iter_source_rows(op, ctx), op.primary_column,
-                             case_insensitive=op.case_insensitive_primary_column,
-                             delete_column=op.delete_column)
-    finally:
-        ctx.http.close()
-    run.log.debug("Successfully fetched data from the source.")
-    for skip in local.skips:
-        run.log.error(skip.message)
-    return local
-
-
-def plan_push(run: OperationRun) -> tuple[Plan, list[Batch]]:
-    """Source rows + remote entries → plan → batches. Sends nothing."""
-    op = run.op
+    options = diff_options(run)
     if op.primary_column is None:
         run.log.warning(
             "A primary key has not been set, which means rows will always be appended to the data source "
             "whenever this script runs. To allow updating rows, please define a primary key to be used for "
             "the comparison.")
-    local = read_local(run)
     run.log.info("Fetching data via Fliplet API...")
-    counted = _Counter(run.client.iter_entries(op.datasource_id))
+    needed = op.primary_column is not None or op.mode == "replace"  # else every row is appended anyway
+    remote = index_remote(run.client.iter_entries(op.datasource_id) if needed else (), options)
+    run.log.debug(f"Fetched {remote.count} entries from the data source.")
     note = run.log.debug if run.log.isEnabledFor(logging.DEBUG) else None
-    plan = diff(local, counted, diff_options(run), note=note)
-    run.log.debug(f"Fetched {counted.count} entries from the data source.")
-    batches = make_batches(plan, op.batch_size, op.primary_column)
+    return Planner(remote, options, note)
+
+
+def stream_push(run: OperationRun, on_batch: Callable[[Batch], None]) -> Tally:
+    """Remote entries → index; source rows → changes → batches, each handed to ``on_batch`` as soon
+    as it is full, so that committing overlaps reading the source. Returns what the plan amounted to."""
+    op = run.op
+    planner = _planner(run)
+    cutter = BatchCutter(op.batch_size, op.primary_column)
+    ctx = SourceContext(db=run.db, http=requests.Session(), config=run.config)
+    try:
+        with gc_paused():
+            for row in iter_source_rows(op, ctx):
+                change = planner.add(row)
+                batch = cutter.add(change) if change is not None else None
+                if batch is not None:
+                    on_batch(batch)
+            run.log.debug("Successfully fetched data from the source.")
+            for entry_id in planner.finish():
+                batch = cutter.add(Change("delete", entry_id=entry_id))
+                if batch is not None:
+                    on_batch(batch)
+            last = cutter.flush()
+            if last is not None:
+                on_batch(last)
+    finally:
+        ctx.http.close()
+    for skip in planner.tally.skips:
+        run.log.error(skip.message)
+    counts = planner.tally.counts()
+    run.log.info(f"Plan: {counts['insert']} to insert, {counts['update']} to update, {counts['delete']} to "
+                 f"delete, {counts['unchanged']} unchanged, {counts['skipped']} skipped.")
+    return planner.tally
+
+
+def plan_push(run: OperationRun) -> tuple[Plan, list[Batch]]:
+    """The whole plan and its batches in memory (dry runs). Sends nothing."""
+    plan = Plan()
+    batches: list[Batch] = []
+
+    def keep(batch: Batch) -> None:
+        batches.append(batch)
+
+    plan.tally = stream_push(run, keep)
     return plan, batches
 
 
@@ -162,48 +193,70 @@ def add_outcome(summary: RunSummary, outcome: CommitOutcome) -> None:
     summary.ok = summary.ok and outcome.committed
 
 
-def dump_dry_run(run: OperationRun, plan: Plan, batches: list[Batch]) -> None:
+def dump_dry_run(run: OperationRun, batches: list[Batch]) -> None:
     """Log the commits as they would be sent (encrypted, with file locations) and the deletes."""
     op = run.op
     prepared = [run.prepare(b) if run.prepare else b for b in batches if b.entries]
     commits = [{k: v for k, v in b.body(op.run_hooks, op.merge).items() if k != "delete"} for b in prepared]
+    deletes = [entry_id for b in batches for entry_id in b.delete]
     run.log.info("Dry run mode is enabled. Here's a dump of the commit log we would have been sent to the "
                  "Fliplet API: " + orjson.dumps(commits).decode())
-    run.log.info("Entries to delete: " + orjson.dumps(plan.deletes).decode())
+    run.log.info("Entries to delete: " + orjson.dumps(deletes).decode())
 
 
-def summarise_plan(summary: RunSummary, plan: Plan, batches: list[Batch]) -> None:
-    summary.unchanged = plan.unchanged
-    summary.skipped += len(plan.skips)
-    summary.batches = len(batches)
+def summarise_plan(summary: RunSummary, tally: Tally, batches: int) -> None:
+    summary.unchanged = tally.unchanged
+    summary.skipped += len(tally.skips)
+    summary.batches = batches
 
 
 def run_push(run: OperationRun, progress: ProgressFactory | None = None) -> RunSummary:
     started = time.monotonic()
     summary = RunSummary(config=run.config.name, operation=run.index, dry_run=run.dry_run)
-    plan, batches = plan_push(run)
-    summarise_plan(summary, plan, batches)
-    counts = plan.counts()
-    run.log.info(f"Plan: {counts['insert']} to insert, {counts['update']} to update, {counts['delete']} to "
-                 f"delete, {counts['unchanged']} unchanged, {counts['skipped']} skipped.")
     if run.dry_run:
-        dump_dry_run(run, plan, batches)
+        plan, batches = plan_push(run)
+        summarise_plan(summary, plan.tally, len(batches))
+        dump_dry_run(run, batches)
+        counts = plan.counts()
         summary.inserted, summary.updated, summary.deleted = counts["insert"], counts["update"], counts["delete"]
-        summary.seconds = round(time.monotonic() - started, 3)
-        return summary
-    if plan.is_empty:
-        run.log.info("Nothing to commit.")
     else:
-        workers = max(1, min(run.op.concurrency, len(batches)))
-        tick = progress(len(batches)) if progress else None
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for outcome in pool.map(lambda b: commit_batch(run, b), batches):
-                add_outcome(summary, outcome)
-                if tick:
-                    tick(1)
+        tally = _commit_while_reading(run, summary, progress)
+        if tally.is_empty:
+            run.log.info("Nothing to commit.")
     summary.seconds = round(time.monotonic() - started, 3)
-    finish(run, summary)
+    if not run.dry_run:
+        finish(run, summary)
     return summary
+
+
+def _commit_while_reading(run: OperationRun, summary: RunSummary, progress: ProgressFactory | None) -> Tally:
+    """Commit each batch on a pool of ``concurrency`` threads as soon as it is cut. At most twice that
+    many batches wait, so memory stays bounded however large the source."""
+    workers = max(1, run.op.concurrency)
+    tick = progress(None) if progress else None
+    pending: deque[Future[CommitOutcome]] = deque()
+
+    def collect(wait_for: int) -> None:
+        while len(pending) > wait_for:
+            add_outcome(summary, pending.popleft().result())
+            if tick:
+                tick(1)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        def submit(batch: Batch) -> None:
+            summary.batches += 1
+            pending.append(pool.submit(commit_batch, run, batch))
+            collect(2 * workers)
+
+        try:
+            tally = stream_push(run, submit)
+            collect(0)
+        finally:
+            for future in pending:
+                future.cancel()
+    batches = summary.batches
+    summarise_plan(summary, tally, batches)
+    return tally
 
 
 def finish(run: OperationRun, summary: RunSummary) -> None:
@@ -285,16 +338,3 @@ def run_config(config: Config, *, dry_run: bool = False, log: OperationLog | Non
         client.close()
         if db is not None:
             db.close()
-
-
-class _Counter:
-    """Counts the remote entries as the diff consumes them."""
-
-    def __init__(self, entries: Iterator[dict[str, Any]]) -> None:
-        self._entries = entries
-        self.count = 0
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        for entry in self._entries:
-            self.count += 1
-            yield entry

@@ -11,7 +11,7 @@ import pytest
 from fliplet_workers.core.batches import Batch, make_batches
 from fliplet_workers.core.diff import DiffOptions, diff
 from fliplet_workers.core.retry import RetryPolicy, commit_with_retries
-from fliplet_workers.core.rows import collect_rows, normalise_value, timestamp_seconds
+from fliplet_workers.core.rows import normalise_value, timestamp_seconds
 from fliplet_workers.errors import ApiError, AuthError
 
 
@@ -40,31 +40,29 @@ def test_timestamps_compare_at_one_second() -> None:
     assert timestamp_seconds(1704164645678) == 1704164645
 
 
-def test_collect_skips_missing_and_duplicate_keys_and_keeps_zero() -> None:
-    local = collect_rows([{"id": 0}, {"id": None}, {"id": ""}, {"id": 1}, {"id": 1, "x": 2}], "id")
-    assert sorted(local.keyed) == [0, 1]
-    assert [s.reason for s in local.skips] == ["missing_key", "missing_key", "duplicate_key"]
-    assert "missing its primary key" in local.skips[0].message
+def test_missing_and_duplicate_keys_are_skipped_and_zero_is_a_key() -> None:
+    plan = diff([{"id": 0}, {"id": None}, {"id": ""}, {"id": 1}, {"id": 1, "x": 2}], [], DiffOptions("id"))
+    assert sorted(r.data["id"] for r in plan.inserts) == [0, 1]
+    assert [s.reason for s in plan.skips] == ["missing_key", "missing_key", "duplicate_key"]
+    assert "missing its primary key" in plan.skips[0].message
 
 
 def test_case_insensitive_keys_collide() -> None:
-    local = collect_rows([{"id": "AB"}, {"id": "ab"}], "id", case_insensitive=True)
-    assert list(local.keyed) == ["ab"] and local.skips[0].reason == "duplicate_key"
+    plan = diff([{"id": "AB"}, {"id": "ab"}], [], DiffOptions("id", case_insensitive=True))
+    assert [r.data["id"] for r in plan.inserts] == ["AB"] and plan.skips[0].reason == "duplicate_key"
 
 
 # -- diff ----------------------------------------------------------------------------------------
 
 def run_diff(rows: list[dict[str, Any]], remote: list[dict[str, Any]], **opts: Any) -> Any:
-    delete_column = opts.pop("delete_column", None)
     options = DiffOptions(primary_column=opts.pop("pk", "id"), **opts)
-    local = collect_rows(rows, options.primary_column, case_insensitive=options.case_insensitive,
-                         delete_column=delete_column)
-    return diff(local, iter(remote), options)
+    return diff(rows, iter(remote), options)
 
 
 def test_first_sync_inserts_everything() -> None:
     plan = run_diff([{"id": 1}, {"id": 2}], [])
     assert [r.data["id"] for r in plan.inserts] == [1, 2] and not plan.updates and not plan.deletes
+    assert plan.counts() == {"insert": 2, "update": 0, "delete": 0, "unchanged": 0, "skipped": 0, "remote": 0}
 
 
 def test_unchanged_rows_send_nothing_without_timestamp() -> None:
@@ -144,7 +142,7 @@ def test_ignored_columns_and_decoder() -> None:
 def test_diff_notes_use_the_original_wording() -> None:
     notes: list[str] = []
     options = DiffOptions(primary_column="id")
-    diff(collect_rows([{"id": 1}, {"id": 2}], "id"), iter([entry(5, id=1)]), options, note=notes.append)
+    diff([{"id": 1}, {"id": 2}], iter([entry(5, id=1)]), options, note=notes.append)
     assert "Row 2 has been marked for inserting." in notes
     assert "Row 1 already exists on Fliplet servers with ID 5 and does not require updating." in notes
 
@@ -152,15 +150,33 @@ def test_diff_notes_use_the_original_wording() -> None:
 # -- batches -------------------------------------------------------------------------------------
 
 def test_batches_split_entries_and_send_deletes_once() -> None:
-    plan = run_diff([{"id": i} for i in range(5)] + [{"id": 99, "v": 2}],
+    plan = run_diff([{"id": 99, "v": 2}] + [{"id": i} for i in range(5)],
                     [entry(1000 + i, id=100 + i) for i in range(3)] + [entry(7, id=99, v=1)], mode="replace")
     batches = make_batches(plan, 2, "id")
-    assert [len(b.entries) for b in batches] == [2, 2, 2]
-    assert batches[0].entries[0] == {"id": 7, "data": {"id": 99, "v": 2}}
-    assert [b.delete for b in batches] == [[1000, 1001], [1002], []]
+    assert [len(b.entries) for b in batches] == [2, 2, 2, 0, 0]
+    assert batches[0].entries[0] == {"id": 7, "data": {"id": 99, "v": 2}}  # source order: the update first
+    assert [b.delete for b in batches] == [[], [], [], [1000, 1001], [1002]]  # replace deletes come at the end
     assert sorted(k for b in batches for k in b.insert_keys) == [0, 1, 2, 3, 4]
-    body = batches[2].body(("insert",), True)
-    assert body == {"append": True, "entries": batches[2].entries, "runHooks": ["insert"], "extend": True}
+    body = batches[1].body(("insert",), True)
+    assert body == {"append": True, "entries": batches[1].entries, "runHooks": ["insert"], "extend": True}
+    assert "delete" not in body and batches[3].body((), False)["delete"] == [1000, 1001]
+
+
+def test_changes_stream_into_batches_as_they_come() -> None:
+    from fliplet_workers.core.batches import BatchCutter
+    from fliplet_workers.core.diff import Planner, index_remote
+
+    options = DiffOptions("id")
+    planner = Planner(index_remote([entry(1, id=1, v=0)], options), options)
+    cutter = BatchCutter(2, "id")
+    completed = []
+    for row in ({"id": 1, "v": 1}, {"id": 2}, {"id": 3}):
+        change = planner.add(row)
+        batch = cutter.add(change) if change else None
+        completed.append(batch.number if batch else None)
+    assert completed == [None, 1, None]  # batch 1 is ready before the source is fully read
+    last = cutter.flush()
+    assert last is not None and last.number == 2 and last.insert_keys == [3]
 
 
 def test_delete_only_batches() -> None:

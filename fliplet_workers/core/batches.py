@@ -1,17 +1,19 @@
-"""Cut a plan into commit batches: the unit that is sent, retried and (in the fleet) fanned out.
+"""Cut a stream of changes into commit batches: the unit that is sent, retried and (in the fleet)
+fanned out.
 
 Both modes commit in batches of ``batch_size`` entries (the original sends everything in one request
-in update mode, which fails above 10 MiB). Delete ids are sent once, spread over the batches in
-chunks of ``batch_size`` (the original re-sends the whole delete list with every batch).
+in update mode, which fails above 10 MiB). Delete ids are sent once, in chunks of ``batch_size``
+riding along with the entries (the original re-sends the whole delete list with every batch).
+Batches are cut as changes arrive, so the first can be committed while the source is still read.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from fliplet_workers.core.diff import Plan
-from fliplet_workers.core.rows import gc_paused
+from fliplet_workers.core.diff import Change, Plan
 
 
 @dataclass
@@ -51,29 +53,58 @@ class Batch:
                    insert_keys=raw.get("insert_keys", []))
 
 
+class BatchCutter:
+    """Collects changes and hands back each batch as soon as it holds ``size`` entries or deletes."""
+
+    def __init__(self, size: int, primary_column: str | None) -> None:
+        self.size = max(1, size)
+        self.primary_column = primary_column
+        self.count = 0
+        self._current = Batch(number=1)
+
+    def add(self, change: Change) -> Batch | None:
+        """Add one change; returns the batch it completed, if any."""
+        current = self._current
+        if change.kind == "delete":
+            assert change.entry_id is not None
+            current.delete.append(change.entry_id)
+        else:
+            assert change.row is not None
+            data = change.row.data
+            if change.kind == "update":
+                current.entries.append({"id": change.entry_id, "data": data})
+            else:
+                current.entries.append({"data": data})
+                if self.primary_column is not None:
+                    current.insert_keys.append(data.get(self.primary_column))
+        if len(current.entries) >= self.size or len(current.delete) >= self.size:
+            return self._next()
+        return None
+
+    def flush(self) -> Batch | None:
+        """The last, partial batch (None when empty)."""
+        current = self._current
+        return self._next() if current.entries or current.delete else None
+
+    def _next(self) -> Batch:
+        done = self._current
+        self.count += 1
+        self._current = Batch(number=done.number + 1)
+        return done
+
+
+def cut(changes: Iterable[Change], size: int, primary_column: str | None) -> Iterator[Batch]:
+    """Every batch of ``changes``, in order."""
+    cutter = BatchCutter(size, primary_column)
+    for change in changes:
+        batch = cutter.add(change)
+        if batch is not None:
+            yield batch
+    last = cutter.flush()
+    if last is not None:
+        yield last
+
+
 def make_batches(plan: Plan, batch_size: int, primary_column: str | None) -> list[Batch]:
-    """Updates first (they touch existing entries), then inserts, then leftover deletes."""
-    with gc_paused():
-        return _make_batches(plan, max(1, batch_size), primary_column)
-
-
-def _make_batches(plan: Plan, size: int, primary_column: str | None) -> list[Batch]:
-    entries: list[tuple[dict[str, Any], Any, bool]] = [
-        ({"id": entry_id, "data": row.data}, None, False) for entry_id, row in plan.updates
-    ]
-    entries.extend(
-        ({"data": row.data}, row.data.get(primary_column) if primary_column else None, True)
-        for row in plan.inserts
-    )
-    delete_chunks = [plan.deletes[i:i + size] for i in range(0, len(plan.deletes), size)]
-    count = max((len(entries) + size - 1) // size, len(delete_chunks))
-    batches: list[Batch] = []
-    for index in range(count):
-        chunk = entries[index * size:(index + 1) * size]
-        batches.append(Batch(
-            number=index + 1,
-            entries=[e for e, _, _ in chunk],
-            delete=delete_chunks[index] if index < len(delete_chunks) else [],
-            insert_keys=[k for _, k, is_insert in chunk if is_insert and k is not None],
-        ))
-    return batches
+    """The batches of a whole plan (dry runs, tests)."""
+    return list(cut(plan.changes, batch_size, primary_column))

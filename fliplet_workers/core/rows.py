@@ -19,8 +19,8 @@ import datetime as dt
 import gc
 import math
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -145,22 +145,6 @@ class Skip:
     message: str
 
 
-@dataclass
-class LocalSet:
-    """The source rows of one run, indexed by normalised key.
-
-    ``keyed`` keeps insertion (source) order, so inserts go out in the order the query returned.
-    ``unkeyed`` holds every row when the operation has no primary column (always inserted).
-    """
-
-    keyed: dict[Key, LocalRow] = field(default_factory=dict)
-    unkeyed: list[LocalRow] = field(default_factory=list)
-    skips: list[Skip] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.keyed) + len(self.unkeyed)
-
-
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector while building millions of small, acyclic dicts.
@@ -177,53 +161,7 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def collect_rows(
-    rows: Iterable[Mapping[str, Any]],
-    primary_column: str | None,
-    *,
-    case_insensitive: bool = False,
-    delete_column: str | None = None,
-) -> LocalSet:
-    """Normalise and index source rows. Bad rows are skipped and recorded, never fatal.
-
-    A row with no key value is skipped ("A row is missing its primary key value from the
-    database. Skipping: …"); a second row with a key already seen is skipped as a duplicate.
-    """
-    with gc_paused():
-        return _collect(rows, primary_column, case_insensitive, delete_column)
-
-
-def _collect(
-    rows: Iterable[Mapping[str, Any]], primary_column: str | None, case_insensitive: bool,
-    delete_column: str | None,
-) -> LocalSet:
-    out = LocalSet()
-    keyed = out.keyed
-    for number, source_row in enumerate(rows, start=1):
-        data = normalise_row(source_row)
-        deleted = is_flagged(data.get(delete_column)) if delete_column else False
-        if primary_column is None:
-            out.unkeyed.append(LocalRow(data=data, deleted=deleted))
-            continue
-        raw = data.get(primary_column)
-        if is_missing_key(raw):
-            out.skips.append(Skip(
-                "missing_key",
-                f"A row is missing its primary key value from the database. Skipping: (row {number}) {_brief(data)}",
-            ))
-            continue
-        key = raw.lower() if case_insensitive and isinstance(raw, str) else raw
-        if key in keyed:
-            out.skips.append(Skip(
-                "duplicate_key",
-                f"Row {number} has the same primary key {raw!r} as an earlier row ({primary_column!r}). "
-                f"Skipping: {_brief(data)}",
-            ))
-            continue
-        keyed[key] = LocalRow(data=data, raw_key=raw, deleted=deleted)
-    return out
-
-
-def _brief(data: Mapping[str, Any], limit: int = 300) -> str:
+def brief(data: Mapping[str, Any], limit: int = 300) -> str:
+    """A row shortened for a log line."""
     text = ", ".join(f"{k}={v!r}" for k, v in data.items())
     return text if len(text) <= limit else text[: limit - 1] + "…"

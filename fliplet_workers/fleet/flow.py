@@ -189,12 +189,10 @@ def _plan(fleet: Fleet, run_id: str, config: Config, index: int, dry_run: bool, 
         finally:
             extensions.detach(run)
         counts = plan.counts()
-        log.info(f"Plan: {counts['insert']} to insert, {counts['update']} to update, {counts['delete']} to "
-                 f"delete, {counts['unchanged']} unchanged, {counts['skipped']} skipped.")
         if plan.is_empty:
             log.info("Nothing to commit.")
             summary = RunSummary(config=config.name, operation=index)
-            summarise_plan(summary, plan, batches)
+            summarise_plan(summary, plan.tally, len(batches))
             summary.seconds = round(time.time() - started, 3)
             finish(run, summary)
             return Started(_finish_inline(fleet, run_id, summary, started))

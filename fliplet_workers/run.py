@@ -116,12 +116,13 @@ def _planner(run: OperationRun) -> Planner:
     return Planner(remote, options, note)
 
 
-def stream_push(run: OperationRun, on_batch: Callable[[Batch], None]) -> Tally:
+def stream_push(run: OperationRun, on_batch: Callable[[Batch], None], first_batch: int = 1) -> Tally:
     """Remote entries → index; source rows → changes → batches, each handed to ``on_batch`` as soon
-    as it is full, so that committing overlaps reading the source. Returns what the plan amounted to."""
+    as it is full, so that committing overlaps reading the source. Returns what the plan amounted to.
+    Batches are numbered from ``first_batch`` (the fleet continues an interrupted run that way)."""
     op = run.op
     planner = _planner(run)
-    cutter = BatchCutter(op.batch_size, op.primary_column)
+    cutter = BatchCutter(op.batch_size, op.primary_column, first_number=first_batch)
     ctx = SourceContext(db=run.db, http=requests.Session(), config=run.config)
     try:
         with gc_paused():

@@ -56,11 +56,11 @@ class Batch:
 class BatchCutter:
     """Collects changes and hands back each batch as soon as it holds ``size`` entries or deletes."""
 
-    def __init__(self, size: int, primary_column: str | None) -> None:
+    def __init__(self, size: int, primary_column: str | None, first_number: int = 1) -> None:
         self.size = max(1, size)
         self.primary_column = primary_column
         self.count = 0
-        self._current = Batch(number=1)
+        self._current = Batch(number=first_number)
 
     def add(self, change: Change) -> Batch | None:
         """Add one change; returns the batch it completed, if any."""

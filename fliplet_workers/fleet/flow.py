@@ -8,8 +8,8 @@ steps easy to read and to test.
 A run, as the tasks see it::
 
     sync(config, op)   claim fleet:lock:<config>:<op> (or skip: a run is in progress)
-      │                fetch source rows + remote entries → diff → batches (the pure core)
-      │                stage batches + metadata in Redis under the run id
+      │                index the remote entries; stream the source rows through the diff (the
+      │                pure core); stage each batch in Redis the moment it is cut and send it
       ├─▶ [upload_file(run, n, i) ...] ─▶ commit(run, n)      one chain per batch, in parallel
       │                                     record outcome, add n to the done set
       └──────────────────────────────────▶ finalize(run)      sent by the commit completing the set:
@@ -28,6 +28,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +44,7 @@ from fliplet_workers.fleet import history
 from fliplet_workers.fleet import keys as fleet_keys
 from fliplet_workers.fleet.context import Fleet
 from fliplet_workers.fleet.locks import kept_alive
-from fliplet_workers.fleet.staging import DISPATCHED, RunMeta
+from fliplet_workers.fleet.staging import PLANNING, RunMeta
 from fliplet_workers.fleet.state import BatchState, outcome_from_dict, outcomes
 from fliplet_workers.fliplet.client import FlipletClient
 from fliplet_workers.logs import OperationLog, for_config
@@ -55,8 +56,8 @@ from fliplet_workers.run import (
     connect_client,
     connect_database,
     finish,
-    plan_push,
     run_operation,
+    stream_push,
     summarise_plan,
 )
 from fliplet_workers.secrets import redact
@@ -66,14 +67,21 @@ class FleetError(Exception):
     """An unexpected failure of a step, with a message already scrubbed of secrets (shown in Flower)."""
 
 
+#: Sends one batch's chain (its file uploads, then its commit): (run id, batch number, file jobs,
+#: config name, operation). The planner calls it the moment a batch is staged.
+Dispatch = Callable[[str, int, int, str, int], None]
+
+
 @dataclass
 class Started:
-    """What the planning step decided: its result, and the batches the task must dispatch."""
+    """What the planning step did: its result, batches still to dispatch (a resumed run), whether the
+    run is already complete, or when to look again (a resumed run waiting for its staged batches)."""
 
     result: dict[str, Any]
     batches: list[int] = field(default_factory=list)
     file_jobs: dict[int, int] = field(default_factory=dict)
     finalize: bool = False
+    retry_in: float | None = None
 
 
 @dataclass
@@ -114,9 +122,10 @@ def worker_label() -> str:
 
 
 def start(fleet: Fleet, run_id: str, config_name: object, operation: object = 0,
-          dry_run: bool = False) -> Started:
-    """Claim the operation, plan the run and stage its batches (or run it inline when there is
-    nothing to fan out: dry run, pull, nothing to commit, or a failure)."""
+          dry_run: bool = False, dispatch: Dispatch | None = None) -> Started:
+    """Claim the operation, plan the run, staging and dispatching each batch as it is cut (or run it
+    inline when there is nothing to fan out: dry run, pull, nothing to commit, or a failure)."""
+    send: Dispatch = dispatch or _no_dispatch
     head = {"run_id": run_id, "config": str(config_name), "operation": operation}
     log = for_config(str(config_name))
     try:
@@ -131,7 +140,7 @@ def start(fleet: Fleet, run_id: str, config_name: object, operation: object = 0,
     if meta is not None:  # this very task ran before, on a worker that died: carry on
         if not lock.carry_on(run_id):
             return Started(_superseded(run_id, name, index, lock.holder() or lock.latest(), log))
-        return _resume(fleet, meta, log)
+        return _resume(fleet, meta, config, send, log)
     if not lock.start(run_id):
         holder = lock.holder()
         log.info(f"Operation {index + 1} is already running (run {holder}): this trigger is skipped.")
@@ -140,7 +149,7 @@ def start(fleet: Fleet, run_id: str, config_name: object, operation: object = 0,
     started = time.time()
     try:
         with kept_alive([lambda: lock.renew(run_id)], fleet.renew_every, "operation lock"):
-            return _plan(fleet, run_id, config, index, dry_run, started, log)
+            return _plan(fleet, run_id, config, index, dry_run, started, log, send)
     except AgentError as error:
         log.critical(redact(error.log_text()))
         failed = RunSummary(config=name, operation=index, ok=False, errors=[redact(error.log_text())])
@@ -171,7 +180,9 @@ def operation_index(config: Config, operation: object) -> int:
 
 
 def _plan(fleet: Fleet, run_id: str, config: Config, index: int, dry_run: bool, started: float,
-          log: OperationLog) -> Started:
+          log: OperationLog, send: Dispatch, first_batch: int = 1) -> Started:
+    """Plan the run, staging and dispatching each batch the moment it is cut: the first commits
+    start while the source is still being read. ``first_batch`` > 1 continues a resumed run."""
     op = config.operations[index]
     log.info(f"Running operation {index + 1} of {len(config.operations)}: {op.label}")
     client = connect_client(config, log)
@@ -183,45 +194,78 @@ def _plan(fleet: Fleet, run_id: str, config: Config, index: int, dry_run: bool, 
                            dry_run=dry_run or config.is_dry_run, db=db)
         if run.dry_run or op.type == "pull":  # nothing to fan out: exactly the foreground agent's run
             return Started(_finish_inline(fleet, run_id, run_operation(run), started))
+        store = fleet.store(run_id)
+        if first_batch == 1:
+            store.open(config.name, index, started)
+        resumed = store.meta() if first_batch > 1 else None
+        jobs: dict[int, int] = dict(resumed.file_jobs) if resumed is not None else {}
+        last = first_batch - 1
+
+        def stage_and_send(batch: Batch) -> None:
+            nonlocal last
+            count = len(files.file_jobs(batch, op)) if op.files else 0
+            if count:
+                jobs[batch.number] = count
+            store.add_batch(batch, jobs)
+            send(run_id, batch.number, count, config.name, index)
+            last = batch.number
+
         extensions.attach(run)
         try:
-            plan, batches = plan_push(run)
+            tally = stream_push(run, stage_and_send, first_batch=first_batch)
         finally:
             extensions.detach(run)
-        counts = plan.counts()
-        if plan.is_empty:
+        if last == 0:
             log.info("Nothing to commit.")
             summary = RunSummary(config=config.name, operation=index)
-            summarise_plan(summary, plan.tally, len(batches))
+            summarise_plan(summary, tally, 0)
             summary.seconds = round(time.time() - started, 3)
             finish(run, summary)
             return Started(_finish_inline(fleet, run_id, summary, started))
-        jobs = _count_file_jobs(run, batches)
-        fleet.store(run_id).stage(config.name, index, started, counts, batches, jobs)
-        log.info(f"Run {run_id}: {len(batches)} batch(es) handed over to the workers.")
+        counts = tally.counts()
+        store.close(last, counts)
+        log.info(f"Run {run_id}: {last} batch(es) handed over to the workers.")
+        # A commit that ended before the close could not know it was the last: check here (both may
+        # send finalize, which is idempotent).
         return Started({"run_id": run_id, "config": config.name, "operation": index,
-                        "dispatched": len(batches), "plan": counts},
-                       batches=[b.number for b in batches], file_jobs=jobs)
+                        "dispatched": last, "plan": counts},
+                       finalize=store.done_count() >= last)
     finally:
         client.close()
         if db is not None:
             db.close()
 
 
-def _resume(fleet: Fleet, meta: RunMeta, log: OperationLog) -> Started:
+def _resume(fleet: Fleet, meta: RunMeta, config: Config, send: Dispatch, log: OperationLog) -> Started:
+    """The sync task of this run was delivered again: its worker died. Pick up where it stopped."""
     head = {"run_id": meta.run_id, "config": meta.config, "operation": meta.operation}
     if meta.summary is not None:
         return Started(meta.summary)
-    pending = [n for n, o in enumerate(outcomes(fleet.redis, meta.run_id, meta.batches), start=1) if o is None]
-    log.warning(f"Run {meta.run_id} was interrupted after planning: sending its {len(pending)} unfinished "
-                "batch(es) again.")
-    return Started(head | {"dispatched": len(pending), "plan": meta.plan, "resumed": True},
-                   batches=pending, file_jobs={n: meta.file_jobs.get(n, 0) for n in pending},
-                   finalize=not pending)
+    known = meta.batches if meta.state != PLANNING else meta.staged
+    pending = [n for n, o in enumerate(outcomes(fleet.redis, meta.run_id, known), start=1) if o is None]
+    if meta.state != PLANNING:
+        log.warning(f"Run {meta.run_id} was interrupted after planning: sending its {len(pending)} unfinished "
+                    "batch(es) again.")
+        return Started(head | {"dispatched": len(pending), "plan": meta.plan, "resumed": True},
+                       batches=pending, file_jobs={n: meta.file_jobs.get(n, 0) for n in pending},
+                       finalize=not pending)
+    # Interrupted while planning: the staged batches may be on their way. Send them again once (a
+    # batch is committed once however many tasks carry it), wait until each has an outcome, then
+    # plan the rest: the rows they carried are on the remote by then, so nothing is sent twice.
+    if pending:
+        if fleet.store(meta.run_id).mark_redispatched():
+            log.warning(f"Run {meta.run_id} was interrupted while planning: sending its {len(pending)} staged "
+                        "batch(es) again before planning the rest.")
+            for number in pending:
+                send(meta.run_id, number, meta.file_jobs.get(number, 0), meta.config, meta.operation)
+        return Started(head | {"waiting": len(pending)}, retry_in=2.0)
+    log.warning(f"Run {meta.run_id} was interrupted while planning: planning the rest after batch {meta.staged}.")
+    return _plan(fleet, meta.run_id, config, meta.operation, False, meta.started, log, send,
+                 first_batch=meta.staged + 1)
 
 
-def mark_dispatched(fleet: Fleet, run_id: str) -> None:
-    fleet.store(run_id).set_state(DISPATCHED)
+def _no_dispatch(run_id: str, number: int, file_jobs: int, config: str, operation: int) -> None:
+    raise FleetError("the planner was given no way to dispatch its batches")
 
 
 def _count_file_jobs(run: OperationRun, batches: list[Batch]) -> dict[int, int]:
@@ -269,8 +313,12 @@ def commit(fleet: Fleet, run_id: str, number: int, config_name: str, operation: 
                 lease.release(owner)
     added, count = store.mark_done(number)
     # Normally the commit that completes the set sends finalize; a redelivered one sends it again if
-    # its first delivery died before doing so (finalize is idempotent).
-    complete = count >= meta.batches and (added or not _finalized(fleet, run_id))
+    # its first delivery died before doing so (finalize is idempotent). The batch count is read after
+    # marking: while the planner is still cutting batches there is no last one yet (it checks itself
+    # when it closes the run).
+    latest = store.meta() or meta
+    complete = (latest.state != PLANNING and count >= latest.batches
+                and (added or not _finalized(fleet, run_id)))
     return Committed(head | _brief(outcome), finalize=complete)
 
 

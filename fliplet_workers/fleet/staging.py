@@ -1,9 +1,10 @@
-"""A run's data in Redis: its metadata and its batches, staged once by the planner.
+"""A run's data in Redis: its metadata and its batches, staged by the planner as it cuts them.
 
 Task messages carry ids only (run id, batch number): rows never travel through the broker, where
-they would be copied into every retry and into Flower. The planner writes every batch and the run's
-metadata in one transaction, so a commit task either finds the whole run or nothing; everything
-expires after ``FLIPLET_RUN_TTL`` even if the run never finishes.
+they would be copied into every retry and into Flower. The planner opens the run (state
+``planning``), stages each batch the moment it is cut (and its commit is dispatched at once, so
+commits overlap reading the source), then closes the run with the batch count. Everything expires
+after ``FLIPLET_RUN_TTL`` even if the run never finishes.
 
 The run ends when every batch has reported (a set of batch numbers that reaches the batch count),
 which is idempotent, unlike a counter: a commit task that runs twice (redelivered after its worker
@@ -28,7 +29,7 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return {added, redis.call('SCARD', KEYS[1])}
 """
 
-STAGED, DISPATCHED, FINALIZED = "staged", "dispatched", "finalized"
+PLANNING, STAGED, DISPATCHED, FINALIZED = "planning", "staged", "dispatched", "finalized"
 
 
 @dataclass
@@ -37,8 +38,9 @@ class RunMeta:
     config: str
     operation: int
     started: float
-    batches: int
+    batches: int  # the batch count, known once the run is closed (0 while planning)
     state: str
+    staged: int = 0  # batches staged so far (all of them once closed)
     plan: dict[str, int] = field(default_factory=dict)
     file_jobs: dict[int, int] = field(default_factory=dict)
     summary: dict[str, Any] | None = None
@@ -52,6 +54,7 @@ class RunMeta:
             started=float(raw.get("started", 0)),
             batches=int(raw.get("batches", 0)),
             state=raw.get("state", STAGED),
+            staged=int(raw.get("staged", raw.get("batches", 0))),
             plan={k: int(v) for k, v in orjson.loads(raw.get("plan", "{}")).items()},
             file_jobs={int(k): int(v) for k, v in orjson.loads(raw.get("file_jobs", "{}")).items()},
             summary=orjson.loads(raw["summary"]) if raw.get("summary") else None,
@@ -72,18 +75,34 @@ class RunStore:
         raw = self.client.hgetall(self.key)
         return RunMeta.from_hash(self.run_id, {str(k): str(v) for k, v in raw.items()}) if raw else None
 
-    def stage(self, config: str, operation: int, started: float, plan: dict[str, int], batches: list[Batch],
-              file_jobs: dict[int, int] | None = None) -> None:
-        """Write every batch and the run's metadata at once (MULTI/EXEC)."""
+    def open(self, config: str, operation: int, started: float) -> None:
+        """Start a run whose batches are about to be staged one by one."""
         with self.client.pipeline(transaction=True) as pipe:
-            for batch in batches:
-                pipe.set(keys.batch(self.run_id, batch.number), orjson.dumps(batch.to_dict()), ex=self.ttl)
-            pipe.hset(self.key, mapping={
-                "config": config, "operation": operation, "started": started, "batches": len(batches),
-                "state": STAGED, "plan": orjson.dumps(plan), "file_jobs": orjson.dumps({str(n): c for n, c in (file_jobs or {}).items()}),
-            })
+            pipe.hset(self.key, mapping={"config": config, "operation": operation, "started": started,
+                                         "batches": 0, "staged": 0, "state": PLANNING})
             pipe.expire(self.key, self.ttl)
             pipe.execute()
+
+    def add_batch(self, batch: Batch, file_jobs: dict[int, int]) -> None:
+        """Stage one batch (``file_jobs``: the run's file-upload counts so far, by batch number)."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(keys.batch(self.run_id, batch.number), orjson.dumps(batch.to_dict()), ex=self.ttl)
+            pipe.hset(self.key, "staged", batch.number)
+            if batch.number in file_jobs:
+                pipe.hset(self.key, "file_jobs", orjson.dumps({str(n): c for n, c in file_jobs.items()}))
+            pipe.execute()
+
+    def close(self, batches: int, plan: dict[str, int]) -> None:
+        """Every batch is staged and dispatched: from now on the last one to finish ends the run."""
+        self.client.hset(self.key, mapping={"batches": batches, "staged": batches, "state": DISPATCHED,
+                                            "plan": orjson.dumps(plan)})
+
+    def done_count(self) -> int:
+        return int(self.client.scard(keys.done(self.run_id)))
+
+    def mark_redispatched(self) -> bool:
+        """True the first time a resumed planner re-sends the staged batches (once is enough)."""
+        return bool(self.client.hsetnx(self.key, "redispatched", 1))
 
     def save_inline(self, config: str, operation: int, started: float, pipe: redis.client.Pipeline) -> None:
         """Queue the metadata of a run done without batches (dry run, pull, nothing to commit, a

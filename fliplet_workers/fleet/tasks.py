@@ -44,32 +44,31 @@ BUSY_RETRIES = 100
 @app.task(name="fliplet.sync", track_started=True, **_COMMON)
 def sync(self: Any, config_name: str, operation: int = 0, dry_run: bool = False) -> dict[str, Any]:
     """Run operation ``operation`` of the config file named ``config_name`` now."""
-    started = flow.start(current(), self.request.id, config_name, operation, dry_run)
-    dispatch(self.request.id, started)
+    started = flow.start(current(), self.request.id, config_name, operation, dry_run, dispatch=send_batch)
+    if started.retry_in is not None:  # a resumed run waits for the batches its first delivery staged
+        raise self.retry(countdown=started.retry_in, max_retries=BUSY_RETRIES)
+    for number in started.batches:  # a resumed run's unfinished batches
+        send_batch(self.request.id, number, started.file_jobs.get(number, 0), started.result["config"],
+                   started.result["operation"])
+    if started.finalize:
+        finalize.apply_async((self.request.id, started.result["config"], started.result["operation"]))
     return started.result
 
 
-def dispatch(run_id: str, started: flow.Started) -> None:
-    """One chain per batch (its file uploads, then its commit); all batches in parallel."""
-    config, operation = started.result.get("config"), started.result.get("operation")
-    for number in started.batches:
-        steps = [upload_file.si(run_id, number, job, config, operation)
-                 for job in range(started.file_jobs.get(number, 0))]
-        steps.append(commit.si(run_id, number, config, operation))
-        (chain(*steps) if len(steps) > 1 else steps[0]).apply_async()
-    if started.batches:
-        flow.mark_dispatched(current(), run_id)
-    if started.finalize:
-        finalize.apply_async((run_id, config, operation))
+def send_batch(run_id: str, number: int, file_jobs: int, config: str, operation: int) -> None:
+    """One chain per batch: its file uploads, then its commit. Batches run in parallel."""
+    steps = [upload_file.si(run_id, number, job, config, operation) for job in range(file_jobs)]
+    steps.append(commit.si(run_id, number, config, operation))
+    (chain(*steps) if len(steps) > 1 else steps[0]).apply_async()
 
 
-@app.task(name="fliplet.upload_file", **_COMMON)
+@app.task(name="fliplet.upload_file", ignore_result=True, **_COMMON)
 def upload_file(self: Any, run_id: str, batch_number: int, job_index: int, config_name: str,
                 operation: int) -> dict[str, Any]:
     return flow.upload(current(), run_id, batch_number, job_index, config_name, operation)
 
 
-@app.task(name="fliplet.commit", **_COMMON)
+@app.task(name="fliplet.commit", ignore_result=True, **_COMMON)  # results: in Redis state + Flower events
 def commit(self: Any, run_id: str, batch_number: int, config_name: str, operation: int) -> dict[str, Any]:
     done = flow.commit(current(), run_id, batch_number, config_name, operation)
     if done.retry_in is not None:

@@ -234,9 +234,26 @@ def test_status_lists_configs_next_runs_last_runs_and_invalid_configs(local: Fle
 # ------------------------------------------------------------------------------------ the flow
 
 
-def _run_steps(fleet: Fleet, run_id: str, started: flow.Started, skip: int | None = None) -> list[flow.Committed]:
+class Sent:
+    """Stands in for the Celery dispatch: records the batches the planner sends, in order."""
+
+    def __init__(self, die_after: int | None = None) -> None:
+        self.numbers: list[int] = []
+        self.die_after = die_after
+
+    def __call__(self, run_id: str, number: int, file_jobs: int, config: str, operation: int) -> None:
+        self.numbers.append(number)
+        if self.die_after is not None and len(self.numbers) >= self.die_after:
+            raise WorkerDied
+
+
+class WorkerDied(BaseException):
+    """Like a SIGKILL mid-planning: no handler of the planner runs (``except Exception`` skips it)."""
+
+
+def _run_steps(fleet: Fleet, run_id: str, started: flow.Started, numbers: list[int]) -> list[flow.Committed]:
     config, op = started.result["config"], started.result["operation"]
-    return [flow.commit(fleet, run_id, n, config, op) for n in started.batches if n != skip]
+    return [flow.commit(fleet, run_id, n, config, op) for n in numbers]
 
 
 def test_a_batch_whose_worker_died_mid_commit_is_replanned_not_duplicated(
@@ -244,8 +261,9 @@ def test_a_batch_whose_worker_died_mid_commit_is_replanned_not_duplicated(
     name = f"crash{_id()}"
     ds = _config(local, sandbox, name, 25, batch_size=10)
     run_id = f"run-{_id()}"
-    started = flow.start(local, run_id, name)
-    assert started.batches == [1, 2, 3] and started.result["dispatched"] == 3
+    sent = Sent()
+    started = flow.start(local, run_id, name, dispatch=sent)
+    assert sent.numbers == [1, 2, 3] and started.result["dispatched"] == 3 and not started.finalize
     assert local.run_lock(name, 0).holder() == run_id
     assert flow.start(local, f"other-{_id()}", name).result["skipped"] is True  # one run at a time
 
@@ -258,7 +276,7 @@ def test_a_batch_whose_worker_died_mid_commit_is_replanned_not_duplicated(
     client.commit(ds, batch.body((), False))
     client.close()
 
-    done = _run_steps(local, run_id, started)
+    done = _run_steps(local, run_id, started, sent.numbers)
     assert [d.finalize for d in done] == [False, False, True]
     assert done[1].result["already_applied"] == 10 and done[1].result["inserted"] == 10
     assert local.batch_state(run_id, 2).load().get("attempts", "0") == "0"  # nothing had to be re-sent
@@ -282,9 +300,10 @@ def test_a_superseded_run_stops_sending(local: Fleet, sandbox: SandboxServer) ->
     name = f"sup{_id()}"
     ds = _config(local, sandbox, name, 12, batch_size=5)
     run_id = f"run-{_id()}"
-    started = flow.start(local, run_id, name)
+    sent = Sent()
+    started = flow.start(local, run_id, name, dispatch=sent)
     local.redis.set(keys.lock(name, 0), "newer-run")  # the lock lapsed and a newer run took it
-    done = _run_steps(local, run_id, started)
+    done = _run_steps(local, run_id, started, sent.numbers)
     assert all(d.result["committed"] is False for d in done) and done[-1].finalize
     summary = flow.finalize(local, run_id, name, 0, owner="t")
     assert not summary["ok"] and "superseded by run newer-run" in summary["errors"][0]
@@ -296,13 +315,40 @@ def test_a_redelivered_sync_resumes_its_run(local: Fleet, sandbox: SandboxServer
     name = f"res{_id()}"
     ds = _config(local, sandbox, name, 9, batch_size=4)
     run_id = f"run-{_id()}"
-    first = flow.start(local, run_id, name)
+    sent = Sent()
+    flow.start(local, run_id, name, dispatch=sent)
     flow.commit(local, run_id, 1, name, 0)
     again = flow.start(local, run_id, name)  # same task id: its worker died after planning
     assert again.batches == [2, 3] and again.result["resumed"] is True
-    _run_steps(local, run_id, again)
+    _run_steps(local, run_id, again, again.batches)
     assert flow.finalize(local, run_id, name, 0, owner="t")["inserted"] == 9
-    assert len(sandbox.store.entries(ds)) == 9 and first.batches == [1, 2, 3]
+    assert len(sandbox.store.entries(ds)) == 9 and sent.numbers == [1, 2, 3]
+
+
+def test_a_sync_that_died_while_planning_waits_for_its_staged_batches_then_plans_the_rest(
+        local: Fleet, sandbox: SandboxServer) -> None:
+    name = f"mid{_id()}"
+    ds = _config(local, sandbox, name, 9, batch_size=4)
+    run_id = f"run-{_id()}"
+    with pytest.raises(WorkerDied):  # batch 1 is staged and sent, then the planner's worker dies
+        flow.start(local, run_id, name, dispatch=Sent(die_after=1))
+    meta = local.store(run_id).meta()
+    assert meta is not None and meta.state == "planning" and meta.staged == 1
+
+    resent = Sent()
+    waiting = flow.start(local, run_id, name, dispatch=resent)  # the sync task, delivered again
+    assert waiting.retry_in is not None and resent.numbers == [1]  # batch 1 sent again, once
+    assert flow.start(local, run_id, name, dispatch=resent).retry_in is not None and resent.numbers == [1]
+    first = flow.commit(local, run_id, 1, name, 0)
+    assert first.result["inserted"] == 4 and not first.finalize  # no last batch while planning
+
+    rest = flow.start(local, run_id, name, dispatch=resent)  # batch 1 has its outcome: plan the rest
+    assert resent.numbers == [1, 2, 3] and rest.result["dispatched"] == 3 and not rest.finalize
+    done = _run_steps(local, run_id, rest, [2, 3])
+    assert done[-1].finalize
+    summary = flow.finalize(local, run_id, name, 0, owner="t")
+    assert (summary["inserted"], summary["batches"], summary["ok"]) == (9, 3, True)
+    assert _ids(sandbox, ds) == list(range(1, 10))  # every row exactly once
 
 
 def test_bad_names_and_operations_are_refused(local: Fleet, sandbox: SandboxServer) -> None:
@@ -317,20 +363,22 @@ def test_a_run_whose_lock_lapsed_continues_only_if_no_newer_run_started(
     name = f"lapse{_id()}"
     ds = _config(local, sandbox, name, 8, batch_size=4)
     old = f"old-{_id()}"
-    started = flow.start(local, old, name)
+    old_sent = Sent()
+    started = flow.start(local, old, name, dispatch=old_sent)
     local.redis.delete(keys.lock(name, 0))  # the lock lapsed (its holders were gone for too long)...
     assert flow.commit(local, old, 1, name, 0).result["committed"] is True  # ...no newer run: carry on
     assert local.run_lock(name, 0).holder() == old
 
     local.redis.delete(keys.lock(name, 0))  # lapsed again, and this time a newer run starts and ends
-    newer = flow.start(local, f"new-{_id()}", name)
-    _run_steps(local, newer.result["run_id"], newer)
+    newer_sent = Sent()
+    newer = flow.start(local, f"new-{_id()}", name, dispatch=newer_sent)
+    _run_steps(local, newer.result["run_id"], newer, newer_sent.numbers)
     flow.finalize(local, newer.result["run_id"], name, 0, owner="n")
     assert local.run_lock(name, 0).holder() is None
     late = flow.commit(local, old, 2, name, 0)  # the old run's batch 2, redelivered late: not sent
     assert late.result["committed"] is False and "superseded" in late.result["errors"][0]
     assert flow.start(local, old, name).result["skipped"] is True  # nor is its planner resumed
-    assert _ids(sandbox, ds) == list(range(1, 9)) and started.batches == [1, 2]
+    assert _ids(sandbox, ds) == list(range(1, 9)) and old_sent.numbers == [1, 2] and started.result["dispatched"] == 2
 
 
 def _ids(sandbox: SandboxServer, ds: int) -> list[int]:

@@ -24,8 +24,12 @@ def test_region_from_token() -> None:
     assert base_url_for("us--123", "http://127.0.0.1:9/api") == "http://127.0.0.1:9/api/"
 
 
-def test_tls_verification_stays_on() -> None:
+def test_tls_verification_stays_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
     assert FlipletClient("eu--x").session.verify is True
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/corp/ca.pem")  # the environment's bundle is honoured
+    assert FlipletClient("eu--x").session.verify == "/corp/ca.pem"
     assert FlipletClient("eu--x", ca_bundle="/etc/ssl/certs/ca-certificates.crt").session.verify.endswith(".crt")
 
 

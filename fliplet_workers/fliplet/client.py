@@ -9,6 +9,7 @@ entries are never held in memory at once.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -56,7 +57,12 @@ class FlipletClient:
         self.timeout = timeout
         self.session = requests.Session()
         self.session.headers.update({"Auth-token": str(token), "User-Agent": USER_AGENT})
-        self.session.verify = ca_bundle or True
+        # The environment (HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE…) is read once here instead of on
+        # every request (requests re-reads it each time, ~0.3 ms per commit).
+        env_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        self.session.verify = ca_bundle or env_bundle or True
+        self.session.proxies.update(requests.utils.get_environ_proxies(self.base_url))
+        self.session.trust_env = False
         adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)

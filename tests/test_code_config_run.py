@@ -68,3 +68,30 @@ def test_code_config_push_and_pull(sandbox: SandboxServer, tmp_path: Path, monke
     assert json.loads(synced.read_text().splitlines()[0]) == {"commits": 3, "inserted": 5}
     second = run_config(loaded)
     assert second[0].unchanged == 5 and second[0].affected == 0
+
+
+def test_a_source_failing_mid_read_never_deletes(sandbox: SandboxServer, tmp_path: Path) -> None:
+    """Replace mode deletes only after the whole source was read: a source that fails half-way (after
+    some batches were already committed) leaves every other entry alone."""
+    ds = sandbox.store.create_data_source("replace")
+    sandbox.store.commit(DEMO_TOKEN, ds, {"append": True, "entries": [{"data": {"id": i}} for i in range(100, 110)]})
+    config = tmp_path / "flaky.py"
+    config.write_text(textwrap.dedent(f"""
+        config = {{"authToken": "{DEMO_TOKEN}", "baseURL": "{sandbox.url}"}}
+
+        def rows(http):
+            for i in range(5):
+                yield {{"id": i}}
+            raise RuntimeError("the API went away")
+
+        def setup(agent):
+            agent.push({{"source": rows, "primaryColumnName": "id", "targetDataSourceId": {ds},
+                         "mode": "replace", "batchSize": 2}})
+    """))
+    from fliplet_workers.errors import SourceError
+
+    with pytest.raises(SourceError, match="the API went away"):
+        run_config(load_config(str(config)))
+    ids = sorted(e["data"]["id"] for e in sandbox.store.entries(ds))
+    assert ids[-10:] == list(range(100, 110))  # nothing deleted
+    assert set(ids) - set(range(100, 110)) <= {0, 1, 2, 3}  # at most the batches cut before the failure

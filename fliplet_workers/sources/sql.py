@@ -29,8 +29,8 @@ import datetime as dt
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 from urllib.parse import quote, quote_plus
 
 import sqlalchemy
@@ -41,6 +41,8 @@ from sqlalchemy.exc import SQLAlchemyError, StatementError
 from fliplet_workers.config.model import Database
 from fliplet_workers.errors import SourceConnectError, SourceQueryError
 from fliplet_workers.secrets import Secret, redact
+
+T = TypeVar("T")
 
 #: Rows fetched per round trip while streaming.
 STREAM_BATCH = 1000
@@ -271,41 +273,34 @@ class SqlSource:
 
         For small reads and code configs' ``db.query``; use :meth:`rows` for large results.
         """
-        message: str | None = None
-        out: list[dict[str, Any]] = []
-        conn = self._checkout(self.engine)
-        try:
-            with conn.begin():
-                result = _run(conn, sql, params)
-                if result.returns_rows:
-                    keys = list(map(str, result.keys()))
-                    json_columns = _json_columns(result, self._url)
-                    out = [_row_dict(keys, row, json_columns) for row in result]
-        except Exception as exc:
-            message = _reason(exc, self._url)
-        finally:
-            conn.close()
-        if message is not None:
-            raise SourceQueryError(self._redact(message)) from None
-        return out
+
+        def rows_of(result: CursorResult[Any]) -> list[dict[str, Any]]:
+            if not result.returns_rows:
+                return []
+            shape = _RowShaper(list(map(str, result.keys())), _json_columns(result, self._url))
+            return [shape(row) for row in result]
+
+        return self._in_transaction(sql, params, rows_of)
 
     # ------------------------------------------------------------------ writes
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
         """Run a write in its own transaction and commit. Returns the affected row count (-1 unknown)."""
-        message: str | None = None
-        count = -1
+        return self._in_transaction(sql, params, lambda result: int(result.rowcount))
+
+    def _in_transaction(self, sql: str, params: Mapping[str, Any] | None,
+                        read: Callable[[CursorResult[Any]], T]) -> T:
+        """Run one statement in its own committed transaction; any failure is a SourceQueryError."""
+        message = ""
         conn = self._checkout(self.engine)
         try:
             with conn.begin():
-                count = _run(conn, sql, params).rowcount
+                return read(_run(conn, sql, params))
         except Exception as exc:
             message = _reason(exc, self._url)
         finally:
             conn.close()
-        if message is not None:
-            raise SourceQueryError(self._redact(message)) from None
-        return count
+        raise SourceQueryError(self._redact(message)) from None
 
     # ------------------------------------------------------------------ internals
 

@@ -83,10 +83,6 @@ class ApiError(AgentError):
         self.outcome_unknown = outcome_unknown
 
 
-class CommitError(ApiError):
-    """A batch could not be committed after every retry."""
-
-
 class EncryptionError(AgentError):
     headline = "Cannot sync data to Fliplet servers"
 

@@ -268,13 +268,6 @@ def _no_dispatch(run_id: str, number: int, file_jobs: int, config: str, operatio
     raise FleetError("the planner was given no way to dispatch its batches")
 
 
-def _count_file_jobs(run: OperationRun, batches: list[Batch]) -> dict[int, int]:
-    if not run.op.files:
-        return {}
-    counts = {b.number: len(files.file_jobs(b, run.op)) for b in batches}
-    return {n: c for n, c in counts.items() if c}
-
-
 # ------------------------------------------------------------------------------------ commits
 
 

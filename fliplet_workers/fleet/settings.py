@@ -32,7 +32,6 @@ import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 
@@ -149,12 +148,3 @@ def describe_url(url: str) -> str:
 
     return redact(url)
 
-
-def as_dict(settings: FleetSettings) -> dict[str, Any]:
-    """Settings without credentials (URL passwords masked), for logs and ``status``."""
-    from dataclasses import asdict
-
-    out = asdict(settings)
-    for name in ("broker_url", "result_backend", "redis_url"):
-        out[name] = describe_url(out[name])
-    return out

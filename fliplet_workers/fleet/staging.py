@@ -112,9 +112,6 @@ class RunStore:
         })
         pipe.expire(self.key, self.ttl)
 
-    def set_state(self, state: str) -> None:
-        self.client.hset(self.key, "state", state)
-
     def batch(self, number: int) -> Batch | None:
         raw = self.client.get(keys.batch(self.run_id, number))
         return None if raw is None else Batch.from_dict(orjson.loads(raw))

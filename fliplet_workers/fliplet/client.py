@@ -20,7 +20,7 @@ from requests.adapters import HTTPAdapter
 
 from fliplet_workers import __version__
 from fliplet_workers.errors import AccessError, ApiError, AuthError
-from fliplet_workers.secrets import Secret, redact, register
+from fliplet_workers.secrets import redact, register
 
 REGIONS = {
     "eu": "https://api.fliplet.com/",
@@ -51,7 +51,6 @@ class FlipletClient:
     ) -> None:
         if not token:
             raise AuthError("Auth token is required")
-        self._token = Secret(token)
         register(str(token))
         self.base_url = base_url_for(token, base_url)
         self.timeout = timeout

@@ -1,7 +1,7 @@
 """One run of one operation, end to end: the glue between the pure core and the adapters.
 
 The foreground agent calls :func:`run_config`; the fleet calls the same step functions
-(:func:`plan_push`, :func:`commit_batch`, :func:`finish`) from its tasks, so both behave alike.
+(:func:`stream_push`, :func:`commit_batch`, :func:`finish`) from its tasks, so both behave alike.
 Messages use the wording of the original agent's log table.
 """
 
@@ -20,7 +20,7 @@ import requests
 
 from fliplet_workers.config.model import Config, Operation
 from fliplet_workers.core.batches import Batch, BatchCutter
-from fliplet_workers.core.diff import Change, DiffOptions, Plan, Planner, Tally, index_remote
+from fliplet_workers.core.diff import Change, DiffOptions, Planner, Tally, index_remote
 from fliplet_workers.core.retry import CommitOutcome, RetryPolicy, commit_with_retries
 from fliplet_workers.core.rows import gc_paused
 from fliplet_workers.core.summary import RunSummary
@@ -45,7 +45,7 @@ class OperationRun:
     log: OperationLog
     dry_run: bool = False
     db: Any = None
-    prepare: Prepare | None = None  # files upload + encryption, set by ``extensions.prepare_for``
+    prepare: Prepare | None = None  # files upload + encryption, set by ``extensions.attach``
     decode_remote: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     commit_responses: list[dict[str, Any]] = field(default_factory=list)
     #: State that extensions keep for the length of a run (file upload cache, the encryption key).
@@ -149,16 +149,11 @@ def stream_push(run: OperationRun, on_batch: Callable[[Batch], None], first_batc
     return planner.tally
 
 
-def plan_push(run: OperationRun) -> tuple[Plan, list[Batch]]:
-    """The whole plan and its batches in memory (dry runs). Sends nothing."""
-    plan = Plan()
+def plan_all(run: OperationRun) -> tuple[Tally, list[Batch]]:
+    """Every batch of the run, kept in memory (a dry run shows them all). Sends nothing."""
     batches: list[Batch] = []
-
-    def keep(batch: Batch) -> None:
-        batches.append(batch)
-
-    plan.tally = stream_push(run, keep)
-    return plan, batches
+    tally = stream_push(run, batches.append)
+    return tally, batches
 
 
 def commit_batch(run: OperationRun, batch: Batch, *, start_unknown: bool = False,
@@ -215,10 +210,10 @@ def run_push(run: OperationRun, progress: ProgressFactory | None = None) -> RunS
     started = time.monotonic()
     summary = RunSummary(config=run.config.name, operation=run.index, dry_run=run.dry_run)
     if run.dry_run:
-        plan, batches = plan_push(run)
-        summarise_plan(summary, plan.tally, len(batches))
+        tally, batches = plan_all(run)
+        summarise_plan(summary, tally, len(batches))
         dump_dry_run(run, batches)
-        counts = plan.counts()
+        counts = tally.counts()
         summary.inserted, summary.updated, summary.deleted = counts["insert"], counts["update"], counts["delete"]
     else:
         tally = _commit_while_reading(run, summary, progress)

@@ -383,3 +383,30 @@ def test_a_run_whose_lock_lapsed_continues_only_if_no_newer_run_started(
 
 def _ids(sandbox: SandboxServer, ds: int) -> list[int]:
     return sorted(e["data"]["id"] for e in sandbox.store.entries(ds))
+
+
+def test_encrypted_fields_through_the_fleet_steps_with_the_keystore(local: Fleet, sandbox: SandboxServer) -> None:
+    """The planner creates the keystore key (as the foreground agent does); commit steps encrypt with it;
+    a second run compares plaintext and sends nothing."""
+    from fliplet_workers.core.crypto import decrypt
+
+    name = f"enc{_id()}"
+    ds = _config(local, sandbox, name, 6, batch_size=4, encrypt={"fields": ["email"]})
+    run_id = f"run-{_id()}"
+    sent = Sent()
+    started = flow.start(local, run_id, name, dispatch=sent)
+    assert sent.numbers == [1, 2]
+    _run_steps(local, run_id, started, sent.numbers)
+    assert flow.finalize(local, run_id, name, 0, owner="t")["inserted"] == 6
+
+    keystore = [d for d in sandbox.store.state()["dataSources"] if d.get("type") == "keystore"]
+    assert len(keystore) == 1 and keystore[0]["entries"] == 1  # one key, created by the planner
+    stored = sandbox.store.entries(keystore[0]["id"])[0]["data"]["content"]
+    key = decrypt(stored, f"1-{keystore[0]['id']}")  # the default salt: <organization id>-<keystore id>
+    entries = sandbox.store.entries(ds)
+    assert all(e["data"]["email"].startswith("U2FsdGVkX1") for e in entries)
+    assert sorted(decrypt(e["data"]["email"], key) for e in entries) == sorted(
+        f"user{i}@example.org" for i in range(1, 7))
+
+    again = flow.start(local, f"again-{_id()}", name, dispatch=Sent())
+    assert again.result["unchanged"] == 6 and again.result["inserted"] == 0  # plaintext compared

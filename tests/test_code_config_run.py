@@ -95,3 +95,26 @@ def test_a_source_failing_mid_read_never_deletes(sandbox: SandboxServer, tmp_pat
     ids = sorted(e["data"]["id"] for e in sandbox.store.entries(ds))
     assert ids[-10:] == list(range(100, 110))  # nothing deleted
     assert set(ids) - set(range(100, 110)) <= {0, 1, 2, 3}  # at most the batches cut before the failure
+
+
+def test_a_pull_action_writes_back_through_agent_api(sandbox: SandboxServer, tmp_path: Path) -> None:
+    """As in the original's pull example: the action confirms each entry through ``agent.api``."""
+    source = sandbox.store.create_data_source("requests")
+    receipts = sandbox.store.create_data_source("receipts")
+    sandbox.store.commit(DEMO_TOKEN, source, {"append": True, "entries": [{"data": {"n": 1}}, {"data": {"n": 2}}]})
+    config = tmp_path / "writeback.py"
+    config.write_text(textwrap.dedent(f"""
+        config = {{"authToken": "{DEMO_TOKEN}", "baseURL": "{sandbox.url}"}}
+
+        def setup(agent):
+            def confirm(entries, db):
+                for entry in entries:
+                    agent.api.request(url="v1/data-sources/{receipts}/data", method="PUT",
+                                      data={{"entry": entry["id"], "n": entry["data"]["n"]}})
+
+            agent.pull({{"targetDataSourceId": {source}, "action": confirm}})
+    """))
+    summary = run_config(load_config(str(config)))[0]
+    assert summary.ok
+    written = sorted((e["data"]["entry"], e["data"]["n"]) for e in sandbox.store.entries(receipts))
+    assert written == sorted((e["id"], e["data"]["n"]) for e in sandbox.store.entries(source))

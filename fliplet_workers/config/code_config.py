@@ -231,12 +231,40 @@ class _Call:
     line: int | None
 
 
+class AgentApi:
+    """``agent.api`` in code configs: Fliplet API calls made with the config's own token, base URL and
+    CA bundle (the original hands actions an axios instance). ``request(url=..., method=..., data=...)``
+    returns the parsed JSON answer; failures raise the agent's typed errors."""
+
+    def __init__(self) -> None:
+        self._config: Config | None = None
+        self._client: Any = None
+
+    def bind(self, config: Config) -> None:
+        self._config = config
+
+    def request(self, url: str, method: str = "GET", data: Any = None,
+                params: Mapping[str, Any] | None = None) -> Any:
+        if self._config is None:
+            raise RuntimeError("agent.api can be used while operations run (in source, action, onSync), "
+                               "not in setup() itself")
+        if self._client is None:
+            from fliplet_workers.fliplet.client import FlipletClient  # the config layer stays HTTP-free
+
+            config = self._config
+            self._client = FlipletClient(config.auth_token, config.api_url, ca_bundle=config.ca_bundle,
+                                         timeout=config.timeout)
+        return self._client.json(method.upper(), url, json=data, params=params)
+
+
 @dataclass
 class RecordingAgent:
-    """The ``agent`` handed to ``setup(agent)``: records each ``push``/``pull`` and where it was made."""
+    """The ``agent`` handed to ``setup(agent)``: records each ``push``/``pull`` and where it was made;
+    its ``api`` serves the operations' functions once the config is loaded."""
 
     filename: str
     calls: list[_Call] = field(default_factory=list)
+    api: AgentApi = field(default_factory=AgentApi)
 
     def push(self, options: Mapping[str, Any] | None = None, /, **kwargs: Any) -> RecordingAgent:
         """Add a push operation: ``agent.push({...})`` or ``agent.push(key=value, ...)``."""
@@ -456,13 +484,15 @@ def load_code_config(path: Path) -> Config:
         if operation is not None:
             operations.append(operation)
     fail_if_problems(given, report)
-    return Config(
+    config = Config(
         name=path.stem,
         path=str(path.resolve()),
         operations=tuple(operations),
         database=database,
         **config_kwargs,
     )
+    agent.api.bind(config)
+    return config
 
 
 def _read_database(sec: Section, base_dir: Path) -> tuple[Database | None, bool]:

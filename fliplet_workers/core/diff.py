@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from sys import intern
 from typing import Any
 
 from fliplet_workers.core.rows import (
@@ -78,7 +79,9 @@ def index_remote(entries: Iterable[Mapping[str, Any]], options: DiffOptions) -> 
             if is_missing_key(key) or not _hashable(key) or key in index.by_key:
                 index.orphans.append(entry["id"])
             else:
-                index.by_key[key] = (entry["id"], data)
+                # A streaming parser makes new column-name strings for every entry: share them, which
+                # keeps a million 5-column entries ~250 MB smaller.
+                index.by_key[key] = (entry["id"], {intern(name): value for name, value in data.items()})
     return index
 
 

@@ -585,3 +585,17 @@ def test_sources_are_thread_safe_to_use_in_parallel(sqlite_db: tuple[Database, s
         for thread in threads:
             thread.join()
     assert errors == []
+
+
+def test_sql_server_refused_connection_reads_as_one_clean_line() -> None:
+    """No SQL Server runs here (Debian has none), but pymssql is real: a refused port gives FreeTDS's
+    repeated, bytes-wrapped message, which must reach the user once, on one line, without the password."""
+    port = free_port()
+    db = Database(driver="mssql", host="127.0.0.1", port=port, name="x", username="sa",
+                  password=Secret("Mssql-Secret-42"))
+    with pytest.raises(SourceConnectError) as info:
+        SqlSource(db).connect()
+    text = str(info.value)
+    assert "(error 20009)" in text and "\n" not in text and "b'" not in text
+    assert text.count("Unable to connect") == 1
+    assert "Mssql-Secret-42" not in text and f":{port}/" in text

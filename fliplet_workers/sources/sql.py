@@ -394,6 +394,8 @@ def _reason(exc: BaseException, url: URL | None) -> str:
         dialect = url.drivername if url is not None else "this database"
         return f"the Python driver for {dialect} is not installed ({source}): pip install {package}"
     args: tuple[Any, ...] = tuple(getattr(source, "args", ()))
+    if len(args) == 1 and isinstance(args[0], tuple):  # pymssql wraps (code, message) once more
+        args = args[0]
     diag = getattr(source, "diag", None)  # psycopg2: the server's message without our DECLARE wrapper
     primary = getattr(diag, "message_primary", None)
     if primary:
@@ -401,7 +403,8 @@ def _reason(exc: BaseException, url: URL | None) -> str:
         text_ = str(primary) + (f" ({detail})" if detail else "") + (f" (hint: {hint})" if hint else "")
     elif len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str | bytes):
         # PyMySQL / pymssql: (error code, message)
-        text_ = f"{_text(args[1]).strip()} (error {args[0]})"
+        lines = dict.fromkeys(line.strip() for line in _text(args[1]).splitlines() if line.strip())
+        text_ = f"{' '.join(lines)} (error {args[0]})"  # FreeTDS repeats its lines: keep each once
     elif isinstance(source, SQLAlchemyError):
         text_ = _text(args[0]) if args else ""  # str() would add SQLAlchemy's "background" link
     else:

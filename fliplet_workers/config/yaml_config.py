@@ -19,6 +19,8 @@ from typing import Any
 import yaml
 
 from fliplet_workers.config.loader import (
+    PULL_ONLY,
+    PUSH_ONLY,
     Key,
     Report,
     Section,
@@ -62,27 +64,10 @@ DATABASE = tuple(
         "url",
     )
 )
-OPERATION = (
-    "type",
-    "datasource_id",
-    "description",
-    "frequency",
-    "query",
-    "primary_column",
-    "case_insensitive_primary_column",
-    "timestamp_column",
-    "delete_column",
-    "mode",
-    "batch_size",
-    "concurrency",
-    "run_hooks",
-    "merge",
-    "files",
-    "encrypt",
-    "where",
-    "attributes",
-    "join",
-    "distinct",
+#: Code-config only: functions cannot be written in YAML.
+_FUNCTIONS = ("source", "on_sync", "action")
+OPERATION = ("type", "datasource_id", "description", "frequency") + tuple(
+    name for name in PUSH_ONLY + PULL_ONLY if name not in _FUNCTIONS
 )
 #: Every option a YAML config may set.
 YAML_OPTIONS = SETTINGS + DATABASE + OPERATION

@@ -82,6 +82,9 @@ CONFIG_SPELLINGS: dict[str, tuple[str, ...]] = {
     "retries": ("retries",),
     "timeout": ("timeout",),
     "retry_delay": ("retryDelay", "retry_delay"),
+    "query_timeout": ("queryTimeout", "query_timeout"),
+    "timezone": ("timezone", "timeZone"),
+    "alert_webhook": ("alertWebhook", "alert_webhook"),
 }
 DATABASE_SPELLINGS: dict[str, tuple[str, ...]] = {
     "driver": ("dialect", "driver"),
@@ -121,6 +124,7 @@ OPERATION_SPELLINGS: dict[str, tuple[str, ...]] = {
     "files": ("files",),
     "encrypt": ("encrypt",),
     "on_sync": ("onSync", "on_sync"),
+    "delete_limit": ("deleteLimit", "delete_limit"),
     "where": ("where",),
     "attributes": ("attributes",),
     "join": ("join",),

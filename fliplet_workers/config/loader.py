@@ -28,6 +28,7 @@ from fliplet_workers.config.model import (
     DEFAULT_BATCH_SIZE,
     Config,
     Database,
+    DeleteLimit,
     Encryption,
     FileColumn,
     Operation,
@@ -67,6 +68,7 @@ PUSH_ONLY = (
     "files",
     "encrypt",
     "on_sync",
+    "delete_limit",
 )
 PULL_ONLY = ("where", "attributes", "join", "distinct", "action")
 
@@ -574,7 +576,64 @@ def read_settings(sec: Section, base_dir: Path) -> dict[str, Any]:
         delay = sec.number("retry_delay", what="a positive number of seconds")
         if delay is not None:
             out["retry_delay"] = delay
+    if "query_timeout" in sec.preferred:
+        query_timeout = sec.number("query_timeout", what="a positive number of seconds")
+        if query_timeout is not None:
+            out["query_timeout"] = query_timeout
+    if "timezone" in sec.preferred:
+        zone = read_timezone(sec, "timezone")
+        if zone is not None:
+            out["timezone"] = zone
+    if "alert_webhook" in sec.preferred:
+        hook = sec.text("alert_webhook", secret=True)
+        if hook is not None:
+            if re.match(r"^https?://[^/\s]+", hook.strip()):
+                out["alert_webhook"] = hook.strip()
+            else:
+                sec.problem("alert_webhook", "must be an http:// or https:// URL")
     return out
+
+
+def read_timezone(sec: Section, canonical: str) -> str | None:
+    """An IANA time zone name (``Asia/Tokyo``), checked against the system's zone database."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    name = sec.text(canonical)
+    if name is None:
+        return None
+    try:
+        ZoneInfo(name.strip())
+    except (ZoneInfoNotFoundError, ValueError):
+        sec.problem(canonical, f"is not a known IANA time zone such as 'Europe/London', got {shown(name)}")
+        return None
+    return name.strip()
+
+
+_DELETE_LIMIT_OFF = ("none", "off", "unlimited")
+
+
+def read_delete_limit(sec: Section, canonical: str) -> DeleteLimit | None:
+    """``delete_limit``: a count (``500``), a percentage of the data source (``"10%"``) or ``none``."""
+    if not sec.has(canonical):
+        return None
+    value = sec.raw_value(canonical)
+    what = "must be a whole number of entries (500), a percentage of the data source ('10%') or none"
+    if isinstance(value, bool):
+        sec.problem(canonical, f"{what}, got {shown(value)}")
+        return None
+    if isinstance(value, int) and value >= 0:
+        return DeleteLimit(count=value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _DELETE_LIMIT_OFF:
+            return DeleteLimit(off=True)
+        if text.isdigit():
+            return DeleteLimit(count=int(text))
+        match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*%", text)
+        if match and float(match.group(1)) <= 100:
+            return DeleteLimit(percent=float(match.group(1)))
+    sec.problem(canonical, f"{what}, got {shown(value)}")
+    return None
 
 
 _URL_BACKENDS = {"postgresql": "postgres", "postgres": "postgres", "mysql": "mysql", "mariadb": "mysql"}
@@ -849,6 +908,7 @@ def read_operation(
         kwargs["merge"] = bool(sec.flag("merge"))
         kwargs["files"] = read_files(sec, "files") or ()
         kwargs["encrypt"] = read_encrypt(sec, "encrypt", primary)
+        kwargs["delete_limit"] = read_delete_limit(sec, "delete_limit")
         if hook is not None:
             hook(sec, kind, kwargs)
         else:

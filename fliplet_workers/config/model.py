@@ -23,6 +23,7 @@ SourceFn = Callable[..., Iterable[Mapping[str, Any]]]
 
 DEFAULT_BATCH_SIZE = 1000
 DEFAULT_RETRIES = 5
+DEFAULT_QUERY_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,17 @@ class Encryption:
 
 
 @dataclass(frozen=True)
+class DeleteLimit:
+    """How many entries one run may delete (``delete_limit``). ``count`` caps the number, ``percent``
+    the share of the data source's entries; ``off`` (``delete_limit: none``) disables the guard.
+    An operation without the option (``Operation.delete_limit is None``) gets the default guard."""
+
+    count: int | None = None
+    percent: float | None = None
+    off: bool = False
+
+
+@dataclass(frozen=True)
 class Operation:
     """One push or pull operation of a config (a YAML config has exactly one)."""
 
@@ -87,6 +99,7 @@ class Operation:
     files: tuple[FileColumn, ...] = ()
     encrypt: Encryption | None = None
     on_sync: Callable[[dict[str, Any]], Any] | None = None
+    delete_limit: DeleteLimit | None = None  # None: the default guard (see core.guard)
     # pull: the query sent to Fliplet and what to do with the entries
     where: Mapping[str, Any] | None = None
     attributes: tuple[str, ...] | None = None
@@ -117,3 +130,9 @@ class Config:
     retry_delay: float = 1.0  # first backoff in seconds; doubles per try
     timeout: float = 60.0
     is_dry_run: bool = False
+    #: IANA time zone of ``frequency``; None: ``FLIPLET_TIMEZONE``, else the host's local time.
+    timezone: str | None = None
+    #: Seconds a database may take to connect or to answer one statement/fetch before the run fails.
+    query_timeout: float = DEFAULT_QUERY_TIMEOUT
+    #: A URL that receives a JSON POST when a run fails and when the next one recovers.
+    alert_webhook: str | None = None

@@ -47,6 +47,9 @@ SETTINGS = (
     "retries",
     "timeout",
     "retry_delay",
+    "query_timeout",
+    "timezone",
+    "alert_webhook",
 )
 DATABASE = tuple(
     f"database_{part}"

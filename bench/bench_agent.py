@@ -1,10 +1,16 @@
 """The foreground agent end to end against the sandbox (in its own process), on a SQLite source.
 
-For each size: first sync, no-change re-run, 1%-changed re-run — wall seconds, rows/s and the
-agent's peak RSS (each run is a fresh child process, so the figure is that run's own peak).
+For each size and each verbosity: first sync, no-change re-run, 1%-changed re-run — wall seconds,
+rows/s, the log lines written and the agent's peak RSS (each run is a fresh child process, so the
+figure is that run's own peak).
 
-    python bench/bench_agent.py                 # 100k and 1M rows
-    python bench/bench_agent.py --rows 100000   # one size
+The agent logs as a user's would: ``debug`` is the config's default (its config never mentions
+``log_verbosity``), ``info`` is set explicitly; both write every line to a log file and to stderr,
+which is a pipe here (drained by this process), so the cost of logging is part of every figure.
+
+    python bench/bench_agent.py                       # 100k and 1M rows, debug then info
+    python bench/bench_agent.py --rows 100000         # one size
+    python bench/bench_agent.py --verbosity debug     # one verbosity
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -42,37 +49,61 @@ def seed(path: Path, rows: int) -> None:
                         for i in range(1, rows + 1)))
 
 
-def one_run(config: str) -> None:
-    """Child mode: run the config once, print timings and this process's peak RSS as JSON."""
+def one_run(config_path: str) -> None:
+    """Child mode: run the config once as ``fliplet-workers start`` does (logging set up from the
+    config's ``log_verbosity``, to stderr and the log file), print timings and peak RSS as JSON."""
     from fliplet_workers import logs
     from fliplet_workers.config import load_config
     from fliplet_workers.run import run_config
 
-    logs.setup("info", to_terminal=False)
     started = time.perf_counter()
-    summary = run_config(load_config(config))[0]
+    config = load_config(config_path)
+    logs.setup(config.log_verbosity)
+    try:
+        summary = run_config(config)[0]
+    finally:
+        logs.flush()
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": seconds, "peak_mb": peak, **summary.to_dict()}))
 
 
-def measure(config: Path) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--one-run", str(config)], capture_output=True, text=True,
-                         check=True, env={**os.environ, "FLIPLET_AGENT_LOG": ""})
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def measure(config: Path, log_file: Path) -> dict:
+    """One run in a child process; its stderr is a pipe that a thread drains (counting lines)."""
+    child = subprocess.Popen([sys.executable, __file__, "--one-run", str(config)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env={**os.environ, "FLIPLET_AGENT_LOG": str(log_file)})
+    assert child.stdout is not None and child.stderr is not None
+    lines = [0]
+
+    def drain(stream: object) -> None:
+        while chunk := stream.read1(1 << 16):  # type: ignore[attr-defined]
+            lines[0] += chunk.count(b"\n")
+
+    drainer = threading.Thread(target=drain, args=(child.stderr,), daemon=True)
+    drainer.start()
+    out = child.stdout.read().decode()
+    if child.wait() != 0:
+        raise SystemExit(f"the agent failed (exit code {child.returncode})")
+    drainer.join()
+    return {**json.loads(out.strip().splitlines()[-1]), "log_lines": lines[0]}
 
 
-def bench(rows: int, tmp: Path, url: str) -> None:
+def bench(rows: int, verbosity: str, tmp: Path, url: str) -> None:
     db = tmp / f"src{rows}.db"
     seed(db, rows)
-    ds = requests.post(url + "_sandbox/data-sources", json={"name": f"bench {rows}"}, timeout=30).json()["id"]
-    config = tmp / f"bench{rows}.yml"
-    config.write_text(yaml.safe_dump({
+    ds = requests.post(url + "_sandbox/data-sources", json={"name": f"bench {rows} {verbosity}"}, timeout=30,
+                       headers={"Auth-token": "eu--sandbox-token"}).json()["id"]
+    config = tmp / f"bench{rows}{verbosity}.yml"
+    settings = {
         "auth_token": "eu--sandbox-token", "api_url": url, "datasource_id": ds,
         "database_driver": "sqlite", "database_name": str(db),
         "query": "SELECT id, email, name, score, updated_at AS updatedAt FROM users",
         "primary_column": "id", "timestamp_column": "updatedAt", "batch_size": 1000,
-        "concurrency": 4, "log_verbosity": "info"}))
+        "concurrency": 4}
+    if verbosity != "debug":  # debug is the default: a config that never mentions log_verbosity
+        settings["log_verbosity"] = verbosity
+    config.write_text(yaml.safe_dump(settings))
+    log_file = tmp / f"agent{rows}{verbosity}.log"
     steps = [("first sync", None),
              ("no-change re-run", None),
              ("1% changed re-run", "UPDATE users SET name = name || ' (edited)', "
@@ -81,8 +112,9 @@ def bench(rows: int, tmp: Path, url: str) -> None:
         if change:
             with sqlite3.connect(db) as conn:
                 conn.execute(change)
-        result = measure(config)
-        print(f"{rows:>9,} rows  {label:18s} {result['seconds']:7.2f} s  {rows / result['seconds']:>10,.0f} rows/s  "
+        result = measure(config, log_file)
+        print(f"{rows:>9,} rows  {verbosity:5s}  {label:18s} {result['seconds']:7.2f} s  "
+              f"{rows / result['seconds']:>10,.0f} rows/s  {result['log_lines']:>9,} log lines  "
               f"peak RSS {result['peak_mb']:6.0f} MB  (inserted {result['inserted']:,}, updated "
               f"{result['updated']:,}, unchanged {result['unchanged']:,}, batches {result['batches']})", flush=True)
 
@@ -90,6 +122,8 @@ def bench(rows: int, tmp: Path, url: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, action="append")
+    parser.add_argument("--verbosity", choices=["debug", "info"], action="append",
+                        help="log_verbosity of the runs (default: debug, then info)")
     parser.add_argument("--one-run")
     args = parser.parse_args()
     if args.one_run:
@@ -102,13 +136,14 @@ def main() -> None:
     try:
         for _ in range(100):
             try:
-                requests.get(url + "_sandbox/state", timeout=1)
+                requests.get(url + "_sandbox/state", headers={"Auth-token": "eu--sandbox-token"}, timeout=1)
                 break
             except requests.ConnectionError:
                 time.sleep(0.1)
         with tempfile.TemporaryDirectory() as tmp:
             for rows in args.rows or [100_000, 1_000_000]:
-                bench(rows, Path(tmp), url)
+                for verbosity in args.verbosity or ["debug", "info"]:
+                    bench(rows, verbosity, Path(tmp), url)
     finally:
         sandbox.terminate()
         sandbox.wait(10)

@@ -28,6 +28,7 @@ import requests
 import yaml
 
 TOKEN = "eu--sandbox-token"
+AUTH = {"Auth-token": TOKEN}  # the sandbox's /_sandbox/* endpoints take its own token
 
 
 def free_port() -> int:
@@ -75,8 +76,8 @@ def child(config_path: str) -> None:
 def scenario(tmp: Path, sandbox: str, label: str, locations: list[str], kind: str | None, concurrency: int,
              *, reset: bool = True) -> dict[str, Any]:
     if reset:
-        requests.post(sandbox + "_sandbox/reset", timeout=10).raise_for_status()
-    ds = requests.post(sandbox + "_sandbox/data-sources", json={"name": label}, timeout=10).json()["id"]
+        requests.post(sandbox + "_sandbox/reset", headers=AUTH, timeout=10).raise_for_status()
+    ds = requests.post(sandbox + "_sandbox/data-sources", json={"name": label}, headers=AUTH, timeout=10).json()["id"]
     db = Path(tempfile.mkstemp(suffix=".sqlite", dir=tmp)[1])
     with sqlite3.connect(db) as conn:
         conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, pic TEXT)")
@@ -91,13 +92,13 @@ def scenario(tmp: Path, sandbox: str, label: str, locations: list[str], kind: st
         options["files"] = [{"column": "pic", "type": kind}]
     config = db.with_suffix(".yml")
     config.write_text(yaml.safe_dump(options))
-    before = requests.get(sandbox + "_sandbox/state", timeout=10).json()["media"]["files"]
+    before = requests.get(sandbox + "_sandbox/state", headers=AUTH, timeout=10).json()["media"]["files"]
     out = subprocess.run([sys.executable, __file__, "--child", str(config)], capture_output=True, text=True,
                          check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{label} failed:\n{out.stderr[-3000:]}")
     figures = json.loads(out.stdout.strip().splitlines()[-1])
-    figures["uploaded"] = requests.get(sandbox + "_sandbox/state", timeout=10).json()["media"]["files"] - before
+    figures["uploaded"] = requests.get(sandbox + "_sandbox/state", headers=AUTH, timeout=10).json()["media"]["files"] - before
     figures["config"] = str(config)
     return figures
 
@@ -156,11 +157,11 @@ def main() -> None:
             # A second run of the same config: unchanged rows, nothing read or uploaded.
             label = f"{args.small} x {args.small_mb:g} MB remote"
             first = scenario(tmp, sandbox, label, small_remote, "remote", 4)
-            before = requests.get(sandbox + "_sandbox/state", timeout=10).json()["media"]["files"]
+            before = requests.get(sandbox + "_sandbox/state", headers=AUTH, timeout=10).json()["media"]["files"]
             again = subprocess.run([sys.executable, __file__, "--child", first["config"]], capture_output=True,
                                    text=True, check=True)
             figures = json.loads(again.stdout.strip().splitlines()[-1])
-            uploaded = requests.get(sandbox + "_sandbox/state", timeout=10).json()["media"]["files"] - before
+            uploaded = requests.get(sandbox + "_sandbox/state", headers=AUTH, timeout=10).json()["media"]["files"] - before
             print(f"{'second run (unchanged rows)':28s} {4:>4d} {args.small:>6d} {uploaded:>8d} "
                   f"{figures['seconds']:>8.2f} {'-':>8s} {'-':>7s} {figures['peak_mb']:>7.0f} MB")
         finally:

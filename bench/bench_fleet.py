@@ -48,6 +48,7 @@ class RemoteSandbox:
             port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}/"
         self.http = requests.Session()
+        self.http.headers["Auth-token"] = "eu--sandbox-token"  # /_sandbox/* takes the sandbox's own token
         self.proc = subprocess.Popen([sys.executable, "-m", "fliplet_workers.cli", "sandbox", "--port", str(port)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: self._up(), "the sandbox to start", 30)

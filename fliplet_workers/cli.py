@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     install.add_argument("config")
     install.add_argument("--system", action="store_true", help="a system unit (root) instead of a user unit")
     install.add_argument("--unit-dir", default=None, help="where to write the unit (default: systemd's)")
+    install.add_argument("--print", action="store_true", dest="print_only",
+                         help="print the unit to standard output instead of writing it")
     install.set_defaults(handler=cmd_install)
 
     uninstall = sub.add_parser("uninstall", help="Remove the background service of a config.")
@@ -72,20 +74,36 @@ def _parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="Fleet: list configs, their next run, last runs and invalid configs.")
     status.add_argument("--configs", default=None, help="config directory (default: $FLIPLET_CONFIG_DIR or ./configs)")
+    status.add_argument("--json", action="store_true", help="print one JSON document (same facts, same exit code)")
     status.set_defaults(handler=cmd_status)
+
+    metrics = sub.add_parser("metrics", help="Fleet: serve Prometheus metrics read from the run history in Redis.")
+    metrics.add_argument("--port", type=int, default=9808)
+    metrics.add_argument("--address", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    metrics.add_argument("--no-auth", action="store_true",
+                         help="serve without FLIPLET_METRICS_BASIC_AUTH (anyone reaching the port can read)")
+    metrics.set_defaults(handler=cmd_metrics)
     return parser
 
 
-def _load(path: str) -> Config | None:
+def _load(path: str, *, log_errors: bool = True) -> Config | None:
+    """The config, or None after reporting why not: as a critical log line (terminal and the log
+    file, like every other failure of a run), or only on the terminal for ``validate``."""
     try:
         return load_config(path)
     except ConfigError as error:
-        print(error.log_text(), file=sys.stderr)
+        if not log_errors:
+            print(error.log_text(), file=sys.stderr)
+            return None
+        from pathlib import Path
+
+        logs.setup("critical")  # the config's own verbosity is unknown; critical lines always show
+        logs.for_config(Path(path).stem).critical(redact(error.log_text()))
         return None
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = _load(args.config, log_errors=False)
     if config is None:
         return ConfigError.exit_code
     print(f"{args.config}: OK ({len(config.operations)} operation(s))")
@@ -110,6 +128,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def _run_once(config: Config, dry_run: bool, indexes: Sequence[int] | None = None) -> bool:
+    from fliplet_workers.alerts import foreground_runs_ended
     from fliplet_workers.run import run_config
 
     log = logs.for_config(config.name)
@@ -117,32 +136,82 @@ def _run_once(config: Config, dry_run: bool, indexes: Sequence[int] | None = Non
         summaries = run_config(config, dry_run=dry_run, log=log, only=indexes, progress=_progress_bar())
     except AgentError as error:
         log.critical(redact(error.log_text()))
+        if not (dry_run or config.is_dry_run):
+            foreground_runs_ended(config, _failed(config, indexes, redact(error.log_text())))
         return False
     except Exception as error:  # an unexpected bug: report it without secrets, keep the agent alive
-        log.critical(f"There was an error running your config file. {type(error).__name__}: {redact(str(error))}")
+        text = f"There was an error running your config file. {type(error).__name__}: {redact(str(error))}"
+        log.critical(text)
+        if not (dry_run or config.is_dry_run):
+            foreground_runs_ended(config, _failed(config, indexes, text))
         return False
     for summary in summaries:
         _print_summary(summary)
+    foreground_runs_ended(config, summaries)  # alerts: a failed run, or the first ok run after one
     return all(s.ok for s in summaries)
 
 
-def _progress_bar() -> Callable[[int | None], Callable[[int], None]] | None:
-    """A progress bar over committed batches, only when stderr is a terminal (never in logs or CI)."""
+def _failed(config: Config, indexes: Sequence[int] | None, error: str) -> list[RunSummary]:
+    """The summaries of operations that a failure stopped before they could make their own."""
+    chosen = range(len(config.operations)) if indexes is None else indexes
+    return [RunSummary(config=config.name, operation=i, ok=False, errors=[error]) for i in chosen]
+
+
+def _progress_bar() -> Callable[[], TerminalProgress] | None:
+    """The progress display, only when stderr (where it is drawn) is a terminal: never in a log
+    file, a pipe or CI."""
     if not sys.stderr.isatty():
         return None
-    from tqdm import tqdm
+    return TerminalProgress
 
-    def factory(total: int | None) -> Callable[[int], None]:
-        bar = tqdm(total=total, unit="batch", desc="Committing", leave=False)
 
-        def tick(n: int) -> None:
-            bar.update(n)
-            if total is not None and bar.n >= total:
-                bar.close()
+class TerminalProgress:
+    """One line on the terminal for one push: source rows read and judged, out of the number of
+    remote entries (the best guess of the total; exceeded, it grows), with rows/s and an ETA, and
+    the batches committed out of those cut so far. While it is shown, log lines reach the terminal
+    through tqdm's ``external_write_mode`` (:func:`logs.terminal_guard`): the line is lifted, the
+    log lines written, the line redrawn below them, so nothing is glued onto it. (A single line: a
+    second tqdm bar moves the cursor between lines, which did garble log lines.)
+    Implements :class:`fliplet_workers.run.Progress`."""
 
-        return tick
+    def __init__(self) -> None:
+        from contextlib import ExitStack
 
-    return factory
+        from tqdm import tqdm
+
+        self.cut_batches = 0
+        self.committed_batches = 0
+        self._stack = ExitStack()
+        self._stack.enter_context(logs.terminal_guard(lambda stream: tqdm.external_write_mode(file=stream)))
+        self.bar = tqdm(desc="Rows judged", unit=" rows", unit_scale=True, leave=False, file=sys.stderr,
+                        dynamic_ncols=True, postfix=self._batches())
+
+    def _batches(self) -> str:
+        return f"batches committed {self.committed_batches}/{self.cut_batches}"
+
+    def expect(self, remote_entries: int) -> None:
+        if remote_entries:
+            self.bar.total = remote_entries
+            self.bar.refresh()
+
+    def rows(self, judged: int) -> None:
+        bar = self.bar
+        if bar.total is not None and judged > bar.total:
+            bar.total = judged  # more rows than remote entries: the guess was low
+        bar.update(judged - bar.n)
+
+    def cut(self) -> None:
+        self.cut_batches += 1
+        self.bar.set_postfix_str(self._batches(), refresh=False)
+
+    def committed(self) -> None:
+        self.committed_batches += 1
+        self.bar.set_postfix_str(self._batches(), refresh=False)
+        self.bar.update(0)  # redrawn at most every tqdm.mininterval
+
+    def close(self) -> None:
+        self.bar.close()
+        self._stack.close()
 
 
 def _print_summary(summary: RunSummary) -> None:
@@ -162,17 +231,21 @@ def _stop(signum: int, frame: object) -> None:
 
 def _run_scheduled(config: Config) -> int:
     """Keep running each operation on its cron ``frequency`` until interrupted (Ctrl+C, SIGTERM)."""
-    from fliplet_workers.foreground import run_forever
+    from fliplet_workers.foreground import describe_schedule, run_forever, utc_now
+    from fliplet_workers.schedule import schedule_timezone
 
     log = logs.for_config(config.name)
     if config.sync_on_init:
         _run_once(config, False)
     frequencies = {i: str(op.frequency) for i, op in enumerate(config.operations) if op.frequency}
+    zone = schedule_timezone(config.timezone)  # the config's, else FLIPLET_TIMEZONE, else the host's
     log.info(f"Scheduling {len(frequencies)} operation(s) to run with their set frequency...")
+    for line in describe_schedule(frequencies, zone, utc_now()):
+        log.info(line)
     log.info("Scheduling complete. Keep this process alive and you're good to go!")
     signal.signal(signal.SIGTERM, _stop)
     try:
-        run_forever(frequencies, lambda due: _run_once(config, False, due))
+        run_forever(frequencies, lambda due: _run_once(config, False, due), tz=zone)
     except KeyboardInterrupt:
         log.info("Agent stopped.")
     return 0
@@ -190,10 +263,20 @@ def cmd_install(args: argparse.Namespace) -> int:
 
     from fliplet_workers import service
 
-    if _load(args.config) is None:  # never install a config that cannot run
+    config = _load(args.config)
+    if config is None:  # never install a config that cannot run
         return ConfigError.exit_code
-    unit_dir = Path(args.unit_dir) if args.unit_dir else service.default_unit_dir(args.system)
-    path = service.install(Path(args.config), unit_dir, args.system)
+    for warning in service.warnings(config):
+        print(f"Warning: {args.config}: {warning}", file=sys.stderr)
+    try:
+        if args.print_only:
+            print(service.render(Path(args.config), args.system), end="")
+            return 0
+        unit_dir = Path(args.unit_dir) if args.unit_dir else service.default_unit_dir(args.system)
+        path = service.install(Path(args.config), unit_dir, args.system)
+    except service.UnitPathError as error:
+        print(f"Cannot install {args.config}: {error}", file=sys.stderr)
+        return ConfigError.exit_code
     scope = "" if args.system else "--user "
     print(f"Installed {path}.\nStart it now and at boot with: systemctl {scope}daemon-reload && "
           f"systemctl {scope}enable --now {path.name}\nFollow its output with: journalctl {scope}-u {path.name} -f")
@@ -225,7 +308,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from fliplet_workers.fleet.status import print_status
 
-    return print_status(args.configs)
+    return print_status(args.configs, as_json=args.json)
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from fliplet_workers.fleet.metrics import serve
+
+    return serve(args.port, args.address, no_auth=args.no_auth)
 
 
 if __name__ == "__main__":

@@ -91,3 +91,20 @@ class FileFetchError(AgentError):
     """One file named in a row could not be read; the row is still synced without that column."""
 
     headline = "Unable to fetch file"
+
+
+class ColumnError(AgentError):
+    """An option names a column the source's rows do not have (``primary_column: ID`` for ``id``).
+
+    Raised after the first row is read and before anything is sent: with a wrong key column every
+    row would be keyless, and in replace mode every entry an orphan to delete.
+    """
+
+    headline = "There was an error running your config file."
+
+
+class DeleteLimitError(AgentError):
+    """The run would delete more entries than ``delete_limit`` allows, and this is known before
+    anything is sent (replace mode without a primary key deletes every entry)."""
+
+    headline = "Cannot sync data to Fliplet servers"

@@ -2,6 +2,9 @@
 
 The clock and the sleep are parameters, so the loop is tested without waiting for real minutes.
 Operations due at the same minute run together, in config order, through one ``run_due`` call.
+Cron is read in the zone :func:`fliplet_workers.schedule.schedule_timezone` picks (the config's
+``timezone``, else ``FLIPLET_TIMEZONE``, else the host's local time like the original): the fleet's
+beat uses the same rule.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import datetime as dt
 import time
 from collections.abc import Callable, Sequence
 
-from fliplet_workers.schedule import next_run
+from fliplet_workers.schedule import next_run, schedule_timezone
 
 Now = Callable[[], dt.datetime]
 RunDue = Callable[[Sequence[int]], object]
@@ -24,12 +27,16 @@ def run_forever(
     frequencies: dict[int, str],
     run_due: RunDue,
     *,
-    tz: str = "UTC",
+    tz: str | None = None,
     now: Now = utc_now,
     sleep: Callable[[float], None] = time.sleep,
     max_runs: int | None = None,
 ) -> int:
-    """Call ``run_due(indexes)`` whenever operations are due; returns after ``max_runs`` (tests)."""
+    """Call ``run_due(indexes)`` whenever operations are due; returns after ``max_runs`` (tests).
+
+    ``tz`` None: ``FLIPLET_TIMEZONE``, else the host's local time (see :func:`schedule_timezone`).
+    """
+    tz = schedule_timezone(None, tz)
     due = {index: next_run(expr, now(), tz) for index, expr in frequencies.items()}
     runs = 0
     while max_runs is None or runs < max_runs:
@@ -46,3 +53,11 @@ def run_forever(
         for index in ready:
             due[index] = next_run(frequencies[index], max(after, current), tz)
     return runs
+
+
+def describe_schedule(frequencies: dict[int, str], tz: str, now: dt.datetime) -> list[str]:
+    """One log line per operation: its cron, the zone it is read in and when it runs next, so a user
+    sees at start that ``0 8 * * *`` means 08:00 of the zone they expect."""
+    return [f"Operation {index + 1} ({expr}) runs next at "
+            f"{next_run(expr, now, tz).isoformat(sep=' ', timespec='minutes')} ({tz})"
+            for index, expr in frequencies.items()]

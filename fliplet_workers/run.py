@@ -10,29 +10,53 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import requests
 
 from fliplet_workers.config.model import Config, Operation
+from fliplet_workers.core import guard
 from fliplet_workers.core.batches import Batch, BatchCutter
-from fliplet_workers.core.diff import Change, DiffOptions, Planner, Tally, index_remote
-from fliplet_workers.core.retry import CommitOutcome, RetryPolicy, commit_with_retries
+from fliplet_workers.core.diff import Change, DiffOptions, Planner, Tally, check_columns, index_remote
+from fliplet_workers.core.retry import CommitOutcome, RetryPolicy, commit_with_retries, settle_time
 from fliplet_workers.core.rows import gc_paused
 from fliplet_workers.core.summary import RunSummary
-from fliplet_workers.errors import AgentError
+from fliplet_workers.errors import AgentError, ColumnError, DeleteLimitError
 from fliplet_workers.fliplet.client import USER_AGENT, FlipletClient
 from fliplet_workers.logs import OperationLog, for_config
+from fliplet_workers.logs import flush as flush_logs
 from fliplet_workers.sources.context import SourceContext, iter_source_rows, open_database
 
 Prepare = Callable[[Batch], Batch]
-#: Given the number of batches (None: not known yet), returns a function called once per committed
-#: batch (a progress bar).
-ProgressFactory = Callable[[int | None], Callable[[int], None]]
+#: Rows are reported to a :class:`Progress` every this many (and once at the end of the source).
+PROGRESS_ROWS = 1000
+
+
+class Progress(Protocol):
+    """What a push reports as it goes (the CLI draws it as a progress display on a terminal)."""
+
+    def expect(self, remote_entries: int) -> None:
+        """The remote entries are indexed: their number is the best guess of the rows to come."""
+
+    def rows(self, judged: int) -> None:
+        """This many source rows have been read and judged so far."""
+
+    def cut(self) -> None:
+        """One more batch has been cut (and handed to a commit thread)."""
+
+    def committed(self) -> None:
+        """One more batch has been committed (or has failed for good)."""
+
+    def close(self) -> None:
+        """The push has ended (also after an error)."""
+
+
+#: Called once per push operation; returns what that push reports to.
+ProgressFactory = Callable[[], Progress]
 
 
 @dataclass
@@ -47,6 +71,9 @@ class OperationRun:
     db: Any = None
     prepare: Prepare | None = None  # files upload + encryption, set by ``extensions.attach``
     decode_remote: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    #: For ``onSync`` (kept only when the operation has one): the entries the server applied, as sent
+    #: (``{id?, data}``), and its answers to the commit requests.
+    committed_entries: list[dict[str, Any]] = field(default_factory=list)
     commit_responses: list[dict[str, Any]] = field(default_factory=list)
     #: State that extensions keep for the length of a run (file upload cache, the encryption key).
     extras: dict[str, Any] = field(default_factory=dict)
@@ -57,7 +84,8 @@ class OperationRun:
 
     @property
     def policy(self) -> RetryPolicy:
-        return RetryPolicy(retries=self.config.retries, delay=self.config.retry_delay)
+        return RetryPolicy(retries=self.config.retries, delay=self.config.retry_delay,
+                           settle=settle_time(self.config.timeout))
 
 
 def connect_client(config: Config, log: OperationLog | None = None) -> FlipletClient:
@@ -112,27 +140,92 @@ def _planner(run: OperationRun) -> Planner:
     needed = op.primary_column is not None or op.mode == "replace"  # else every row is appended anyway
     remote = index_remote(run.client.iter_entries(op.datasource_id) if needed else (), options)
     run.log.debug(f"Fetched {remote.count} entries from the data source.")
+    if op.primary_column is not None:
+        _warn_duplicates(run, op.primary_column, remote.duplicates(op.primary_column))
+    elif op.mode == "replace" and remote.count:
+        verdict = guard.judge_deletes(remote.count, remote.count, op.delete_limit)
+        if not verdict.ok:
+            assert verdict.allowed is not None
+            raise DeleteLimitError(guard.unkeyed_replace_message(remote.count, verdict.allowed, verdict.default))
     note = run.log.debug if run.log.isEnabledFor(logging.DEBUG) else None
     return Planner(remote, options, note)
 
 
-def stream_push(run: OperationRun, on_batch: Callable[[Batch], None], first_batch: int = 1) -> Tally:
+def _warn_duplicates(run: OperationRun, column: str, duplicates: Sequence[Any]) -> None:
+    """Name each key that several entries share (the first 20, then how many more)."""
+    for duplicate in duplicates[:20]:
+        run.log.warning(duplicate.warning(column))
+    if len(duplicates) > 20:
+        extra = sum(len(d.extra) for d in duplicates)
+        run.log.warning(f"{len(duplicates) - 20} more primary keys are shared by several entries; "
+                        f"{extra} entries in all are to be deleted as duplicates (the oldest of each key kept).")
+
+
+def _check_columns(run: OperationRun, planner: Planner, row: Mapping[str, Any]) -> None:
+    """The first row's columns against the options that name one: a missing primary column stops the
+    run before anything is sent (:class:`ColumnError`); the others warn."""
+    where = "the query's result" if run.op.query is not None else "the source's rows"
+    check = check_columns([str(name) for name in row], planner.options, where)
+    for warning in check.warnings:
+        run.log.warning(warning)
+    if check.error is not None:
+        raise ColumnError(check.error)
+
+
+def _judged_deletes(run: OperationRun, tally: Tally, deletes: list[int]) -> list[int]:
+    """The deletions that may be sent: all of them, or none when the delete guard refuses them or
+    every source row was skipped (the run then fails; see :func:`summarise_plan`)."""
+    if not deletes:
+        return deletes
+    verdict = guard.judge_deletes(len(deletes), tally.remote, run.op.delete_limit)
+    skipped_all = tally.rows > 0 and len(tally.skips) >= tally.rows
+    if verdict.ok and not skipped_all:
+        return deletes
+    tally.withheld = len(deletes)
+    tally.delete -= len(deletes)
+    if not verdict.ok:
+        tally.delete_allowed = verdict.allowed if verdict.allowed is not None else -1
+        tally.delete_default = verdict.default
+    return []
+
+
+def stream_push(run: OperationRun, on_batch: Callable[[Batch], None], first_batch: int = 1,
+                progress: Progress | None = None) -> Tally:
     """Remote entries → index; source rows → changes → batches, each handed to ``on_batch`` as soon
     as it is full, so that committing overlaps reading the source. Returns what the plan amounted to.
-    Batches are numbered from ``first_batch`` (the fleet continues an interrupted run that way)."""
+    Batches are numbered from ``first_batch`` (the fleet continues an interrupted run that way).
+
+    Two safety checks (issue 7): the first row's columns are checked before anything is sent, and
+    every deletion is held until the source has been read to the end, then judged at once by the
+    delete guard (:mod:`fliplet_workers.core.guard`): above the limit none is sent."""
     op = run.op
     planner = _planner(run)
+    if progress is not None:
+        progress.expect(planner.remote.count)
     cutter = BatchCutter(op.batch_size, op.primary_column, first_number=first_batch)
     ctx = SourceContext(db=run.db, http=requests.Session(), config=run.config)
+    held: list[int] = []
     try:
         with gc_paused():
             for row in iter_source_rows(op, ctx):
+                if planner.number == 0:
+                    _check_columns(run, planner, row)
                 change = planner.add(row)
-                batch = cutter.add(change) if change is not None else None
+                if progress is not None and not planner.number % PROGRESS_ROWS:
+                    progress.rows(planner.number)
+                if change is None:
+                    continue
+                if change.kind == "delete" and change.entry_id is not None:
+                    held.append(change.entry_id)
+                    continue
+                batch = cutter.add(change)
                 if batch is not None:
                     on_batch(batch)
+            if progress is not None:
+                progress.rows(planner.number)
             run.log.debug("Successfully fetched data from the source.")
-            for entry_id in planner.finish():
+            held.extend(planner.finish())
+            for entry_id in _judged_deletes(run, planner.tally, held):
                 batch = cutter.add(Change("delete", entry_id=entry_id))
                 if batch is not None:
                     on_batch(batch)
@@ -144,8 +237,9 @@ def stream_push(run: OperationRun, on_batch: Callable[[Batch], None], first_batc
     for skip in planner.tally.skips:
         run.log.error(skip.message)
     counts = planner.tally.counts()
+    withheld = f" ({counts['withheld']} deletions held back)" if counts["withheld"] else ""
     run.log.info(f"Plan: {counts['insert']} to insert, {counts['update']} to update, {counts['delete']} to "
-                 f"delete, {counts['unchanged']} unchanged, {counts['skipped']} skipped.")
+                 f"delete{withheld}, {counts['unchanged']} unchanged, {counts['skipped']} skipped.")
     return planner.tally
 
 
@@ -157,14 +251,19 @@ def plan_all(run: OperationRun) -> tuple[Tally, list[Batch]]:
 
 
 def commit_batch(run: OperationRun, batch: Batch, *, start_unknown: bool = False,
-                 on_attempt: Callable[[int, str | None], None] | None = None) -> CommitOutcome:
-    """Prepare (files, encryption) and commit one batch with retries that never duplicate inserts."""
+                 on_attempt: Callable[[int, str | None], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> CommitOutcome:
+    """Prepare (files, encryption) and commit one batch with retries that never duplicate inserts.
+    (``clock``: see ``commit_with_retries``; the fleet dates a dead worker's attempt in the past.)
+
+    With an ``onSync``, the server's answers and the entries it applied (answered, or found by the
+    lookup after an unanswered commit) are kept on ``run`` for it (list appends: thread-safe)."""
     op = run.op
     prepared = run.prepare(batch) if run.prepare else batch
     body_extra = (op.run_hooks, op.merge)
+    wanted = op.on_sync is not None
 
     def send(part: Batch) -> None:
-        wanted = op.on_sync is not None
         response = run.client.commit(op.datasource_id, part.body(*body_extra), answer=wanted)
         if wanted:
             run.commit_responses.append(response)
@@ -173,11 +272,17 @@ def commit_batch(run: OperationRun, batch: Batch, *, start_unknown: bool = False
         assert op.primary_column is not None
         return run.client.find_keys(op.datasource_id, op.primary_column, keys)
 
+    def find_updated(updates: list[dict[str, Any]]) -> list[Any]:
+        assert op.primary_column is not None
+        return run.client.find_applied_updates(op.datasource_id, op.primary_column, updates)
+
     def log(level: str, message: str) -> None:
         getattr(run.log, level)(message)
 
     return commit_with_retries(prepared, send, find_existing if op.primary_column else None, run.policy,
-                               log=log, start_unknown=start_unknown, on_attempt=on_attempt)
+                               log=log, start_unknown=start_unknown, on_attempt=on_attempt,
+                               on_applied=run.committed_entries.extend if wanted else None,
+                               find_updated=find_updated if op.primary_column else None, clock=clock)
 
 
 def add_outcome(summary: RunSummary, outcome: CommitOutcome) -> None:
@@ -186,6 +291,7 @@ def add_outcome(summary: RunSummary, outcome: CommitOutcome) -> None:
     summary.deleted += outcome.deleted
     summary.skipped += outcome.rejected_entries
     summary.errors.extend(outcome.errors)
+    summary.retries += max(0, outcome.attempts - 1)
     summary.ok = summary.ok and outcome.committed
 
 
@@ -201,9 +307,27 @@ def dump_dry_run(run: OperationRun, batches: list[Batch]) -> None:
 
 
 def summarise_plan(summary: RunSummary, tally: Tally, batches: int) -> None:
+    """Add the plan to the summary: skipped rows are errors (already logged, one each), and a plan
+    that skipped every row or was refused its deletions fails the run."""
     summary.unchanged = tally.unchanged
     summary.skipped += len(tally.skips)
     summary.batches = batches
+    summary.errors[:0] = [skip.message for skip in tally.skips]
+    summary.logged_errors += len(tally.skips)
+    fail_plan(summary, tally.counts())
+
+
+def fail_plan(summary: RunSummary, counts: Mapping[str, int], *, rows_listed: bool = True) -> None:
+    """Fail the summary for what the plan's counts say went wrong (:func:`guard.plan_failures`).
+    The fleet's finalize step has only the counts: ``rows_listed=False`` adds one line for its
+    skipped rows (each was logged by the planner)."""
+    if not rows_listed and counts.get("skipped"):
+        summary.errors.append(f"{counts['skipped']} source row(s) were skipped for a missing, duplicate or "
+                              "invalid primary key value (each is logged with its reason).")
+    failures = guard.plan_failures(counts)
+    summary.errors.extend(failures)
+    if failures:
+        summary.ok = False
 
 
 def run_push(run: OperationRun, progress: ProgressFactory | None = None) -> RunSummary:
@@ -215,6 +339,8 @@ def run_push(run: OperationRun, progress: ProgressFactory | None = None) -> RunS
         dump_dry_run(run, batches)
         counts = tally.counts()
         summary.inserted, summary.updated, summary.deleted = counts["insert"], counts["update"], counts["delete"]
+        for error in summary.errors[summary.logged_errors:]:  # no ``finish`` in a dry run: say why it fails
+            run.log.error(f"Dry run: the real run would fail: {error}")
     else:
         tally = _commit_while_reading(run, summary, progress)
         if tally.is_empty:
@@ -229,27 +355,31 @@ def _commit_while_reading(run: OperationRun, summary: RunSummary, progress: Prog
     """Commit each batch on a pool of ``concurrency`` threads as soon as it is cut. At most twice that
     many batches wait, so memory stays bounded however large the source."""
     workers = max(1, run.op.concurrency)
-    tick = progress(None) if progress else None
+    shown = progress() if progress else None
     pending: deque[Future[CommitOutcome]] = deque()
 
     def collect(wait_for: int) -> None:
         while len(pending) > wait_for:
             add_outcome(summary, pending.popleft().result())
-            if tick:
-                tick(1)
+            if shown is not None:
+                shown.committed()
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         def submit(batch: Batch) -> None:
             summary.batches += 1
             pending.append(pool.submit(commit_batch, run, batch))
+            if shown is not None:
+                shown.cut()
             collect(2 * workers)
 
         try:
-            tally = stream_push(run, submit)
+            tally = stream_push(run, submit, progress=shown)
             collect(0)
         finally:
             for future in pending:
                 future.cancel()
+            if shown is not None:
+                shown.close()
     batches = summary.batches
     summarise_plan(summary, tally, batches)
     return tally
@@ -257,12 +387,15 @@ def _commit_while_reading(run: OperationRun, summary: RunSummary, progress: Prog
 
 def finish(run: OperationRun, summary: RunSummary) -> None:
     """Log the end of a push and call the code config's ``onSync``."""
-    for error in summary.errors:
+    for error in summary.errors[summary.logged_errors:]:  # skipped rows were logged as they were met
         run.log.critical(f"Cannot sync data to Fliplet servers: {error}")
     run.log.info(f"Sync finished. {summary.affected} data source entries have been affected.")
     if run.op.on_sync is not None and not run.dry_run:
+        # As the original: ``commits`` is the list of entries sent ({id?, data}); our extras beside it.
+        result = {"commits": run.committed_entries, "summary": summary.to_dict(),
+                  "responses": run.commit_responses}
         try:
-            run.op.on_sync({"commits": run.commit_responses, "summary": summary.to_dict()})
+            run.op.on_sync(result)
         except Exception as error:  # the user's callback must not turn a good sync into a failure
             run.log.error(f"The onSync callback failed: {type(error).__name__}: {error}")
 
@@ -334,3 +467,4 @@ def run_config(config: Config, *, dry_run: bool = False, log: OperationLog | Non
         client.close()
         if db is not None:
             db.close()
+        flush_logs()  # buffered log lines out before the caller prints a summary (or the error)

@@ -19,14 +19,19 @@ of the fleet and is small and pure Python.
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterError, croniter
 
-__all__ = ["Schedule", "next_run", "seconds_until_next", "validate_cron"]
+__all__ = [
+    "Schedule", "default_timezone", "host_timezone", "next_run", "schedule_timezone", "seconds_until_next",
+    "validate_cron",
+]
 
 _MONTHS = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]
 _DAYS = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"]
@@ -182,3 +187,57 @@ class Schedule:
         aware_now = now.replace(tzinfo=self._zone) if now.tzinfo is None else now
         delta: timedelta = self.next_run(aware_now) - aware_now
         return delta.total_seconds()
+
+
+# --------------------------------------------------------------------------------------------------
+# Which time zone a ``frequency`` is read in: one rule for the foreground agent and the fleet.
+
+
+def schedule_timezone(config_zone: str | None, default: str | None = None) -> str:
+    """The zone an operation's cron ``frequency`` is evaluated in. First match wins:
+
+    1. the config's own ``timezone`` option (it travels with the config: the same file means the
+       same times on every host);
+    2. ``FLIPLET_TIMEZONE`` (one setting for every config of an agent or a fleet);
+    3. the host's local time (``TZ``, else ``/etc/localtime``), which is what the original did.
+
+    ``default`` is steps 2-3 already worked out (the fleet reads them once, in its settings).
+    """
+    return config_zone or default or default_timezone()
+
+
+def default_timezone(env: Mapping[str, str] | None = None) -> str:
+    """``FLIPLET_TIMEZONE`` if set, else the host's local time zone (steps 2-3 above)."""
+    env = os.environ if env is None else env
+    return (env.get("FLIPLET_TIMEZONE") or "").strip() or host_timezone(env)
+
+
+def host_timezone(env: Mapping[str, str] | None = None, localtime: str = "/etc/localtime") -> str:
+    """The IANA name of the host's local time zone, as the C library finds it: ``TZ`` first (a name
+    such as ``Asia/Tokyo``, optionally ``:``-prefixed), then the ``/etc/localtime`` symlink, then
+    Debian's ``/etc/timezone``. ``UTC`` when none of them names a known zone (e.g. a POSIX rule such
+    as ``TZ=JST-9``, or a copied ``/etc/localtime``): cron needs a real zone for DST rules.
+    """
+    env = os.environ if env is None else env
+    candidates = []
+    tz = env.get("TZ")
+    if tz:
+        candidates.append(tz.lstrip(":"))
+    else:
+        target = os.path.realpath(localtime)
+        if "/zoneinfo/" in target:
+            candidates.append(target.split("/zoneinfo/", 1)[1])
+        try:
+            with open(os.path.join(os.path.dirname(localtime), "timezone"), encoding="utf-8") as handle:
+                candidates.append(handle.read().strip())
+        except OSError:
+            pass
+    for name in candidates:
+        if "/zoneinfo/" in name:  # TZ=/usr/share/zoneinfo/Asia/Tokyo
+            name = name.split("/zoneinfo/", 1)[1]
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            continue
+        return name
+    return "UTC"

@@ -21,13 +21,16 @@ class Secret(str):
 
 _known: set[str] = set()
 _pattern: re.Pattern[str] | None = None
+#: The secrets as a tuple, for the cheap substring test that spares most lines the regex.
+_candidates: tuple[str, ...] = ()
 
 
 def register(value: str | None) -> None:
     """Remember a secret so that :func:`redact` can scrub it from any text."""
-    global _pattern
+    global _pattern, _candidates
     if value and len(value) >= 4 and str(value) not in _known:
         _known.add(str(value))
+        _candidates = tuple(_known)
         _pattern = None
 
 
@@ -45,7 +48,16 @@ _URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*):(?P
 
 
 def redact(text: str) -> str:
-    """Return ``text`` with every registered secret and any URL password replaced by ``***``."""
-    out = _URL_PASSWORD.sub(lambda m: f"{m.group('scheme')}:***@", str(text))
-    pattern = _known_pattern()
-    return pattern.sub("***", out) if pattern is not None else out
+    """Return ``text`` with every registered secret and any URL password replaced by ``***``.
+
+    Called for every log line (one or two per source row at ``debug``), so each regex runs only
+    where a plain substring test says it could match: a URL password needs ``://``, a secret needs
+    to occur as a substring at all."""
+    out = str(text)
+    if "://" in out:
+        out = _URL_PASSWORD.sub(lambda m: f"{m.group('scheme')}:***@", out)
+    for secret in _candidates:
+        if secret in out:
+            pattern = _known_pattern()
+            return pattern.sub("***", out) if pattern is not None else out
+    return out

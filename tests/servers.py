@@ -26,11 +26,12 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -510,3 +511,37 @@ class RedisServer(Server):
     def _kill(self) -> None:
         _stop_popen(self.proc)
         self.proc = None
+
+
+# --------------------------------------------------------------------------------------- freezing
+
+
+def server_pids(server: PostgresServer | MariaDBServer) -> list[int]:
+    """The PIDs of a running server we started: its main process (from its pid file) and every child
+    (PostgreSQL's backends and helpers), so that all of them can be stopped and continued."""
+    import psutil
+
+    pid_file = (os.path.join(server.data_dir, "postmaster.pid") if isinstance(server, PostgresServer)
+                else server.path("mariadb.pid"))
+    with open(pid_file, encoding="ascii") as fh:
+        main = psutil.Process(int(fh.readline().strip()))
+    return [main.pid, *(child.pid for child in main.children(recursive=True))]
+
+
+@contextlib.contextmanager
+def frozen(server: PostgresServer | MariaDBServer) -> Iterator[list[int]]:
+    """SIGSTOP every process of ``server`` (a dedicated instance: others' tests must not freeze), and
+    SIGCONT them on the way out, whatever happened. The kernel still accepts and acknowledges TCP on
+    their sockets, exactly like a hung server: nothing answers."""
+    pids = server_pids(server)
+    stopped: list[int] = []
+    try:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+        yield stopped
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -111,3 +112,40 @@ def test_stream_entries_and_find_keys(sandbox: SandboxServer) -> None:
     assert len(entries) == 2500 and entries[3]["data"] == {"k": 3, "v": 1.5}
     assert isinstance(entries[3]["data"]["v"], float)
     assert sorted(client.find_keys(ds, "k", [1, 2, 5000, 2499])) == [1, 2, 2499]
+
+
+def test_a_commit_slower_than_the_timeout_is_an_unknown_outcome(sandbox: SandboxServer) -> None:
+    """The classification the retry rules rest on: no answer in time → may have been applied (and is,
+    later: the sandbox applies the commit after its delay); an answer of 500 → known not applied."""
+    client = FlipletClient(DEMO_TOKEN, sandbox.url, timeout=0.3)
+    ds = sandbox.store.create_data_source("slow")
+    sandbox.faults.set(commit_delay_ms=600)
+    with pytest.raises(ApiError) as slow:
+        client.commit(ds, {"append": True, "entries": [{"data": {"k": 1}}]})
+    assert slow.value.outcome_unknown and slow.value.status is None
+    assert "No answer from" in slow.value.message and "within 0.3 seconds (option 'timeout')" in slow.value.message
+    assert client.find_keys(ds, "k", [1]) == []  # not applied yet...
+    deadline = time.monotonic() + 5
+    while not client.find_keys(ds, "k", [1]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert client.find_keys(ds, "k", [1]) == [1]  # ...but applied after all
+    sandbox.faults.set(commit=["error"], query=["error"])
+    with pytest.raises(ApiError) as failed:
+        client.commit(ds, {"append": True, "entries": [{"data": {"k": 2}}]})
+    assert failed.value.status == 500 and not failed.value.outcome_unknown
+    with pytest.raises(ApiError) as lookup:
+        client.find_keys(ds, "k", [1])
+    assert lookup.value.status == 500 and not lookup.value.outcome_unknown
+
+
+def test_find_applied_updates_compares_the_values_sent(sandbox: SandboxServer) -> None:
+    client = FlipletClient(DEMO_TOKEN, sandbox.url)
+    ds = sandbox.store.create_data_source("updates")
+    client.commit(ds, {"append": True, "entries": [{"data": {"k": i, "v": "old", "extra": i}} for i in range(3)]})
+    ids = {e["data"]["k"]: e["id"] for e in sandbox.store.entries(ds)}
+    client.commit(ds, {"append": True, "extend": True, "entries": [{"id": ids[0], "data": {"k": 0, "v": "new"}}]})
+    asked = [{"id": ids[0], "data": {"k": 0, "v": "new"}},  # applied (the remote-only column is ignored)
+             {"id": ids[1], "data": {"k": 1, "v": "new"}},  # not applied
+             {"id": ids[0] + 999, "data": {"k": 2, "v": "old"}},  # another entry holds key 2
+             {"id": ids[2], "data": {"k": 2, "v": "old", "more": None}}]  # a column the remote lacks
+    assert client.find_applied_updates(ds, "k", asked) == [ids[0]]

@@ -7,6 +7,7 @@ import json
 import sqlite3
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,7 +43,7 @@ def test_code_config_push_and_pull(sandbox: SandboxServer, tmp_path: Path, monke
 
         def remember(result):
             with open({synced_path}, "a") as out:
-                out.write(json.dumps({{"commits": len(result["commits"]),
+                out.write(json.dumps({{"commits": len(result["commits"]), "responses": len(result["responses"]),
                                       "inserted": result["summary"]["inserted"]}}) + "\\n")
 
         def save(entries, db):
@@ -64,8 +65,8 @@ def test_code_config_push_and_pull(sandbox: SandboxServer, tmp_path: Path, monke
     assert titles == [f"todo {i}" for i in range(1, 6)]
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT name FROM contacts").fetchall() == [("Ann",)]
-    # the onSync callback got the commit responses
-    assert json.loads(synced.read_text().splitlines()[0]) == {"commits": 3, "inserted": 5}
+    # the onSync callback got the entries sent (as the original), the server's answers beside them
+    assert json.loads(synced.read_text().splitlines()[0]) == {"commits": 5, "responses": 3, "inserted": 5}
     second = run_config(loaded)
     assert second[0].unchanged == 5 and second[0].affected == 0
 
@@ -118,3 +119,56 @@ def test_a_pull_action_writes_back_through_agent_api(sandbox: SandboxServer, tmp
     assert summary.ok
     written = sorted((e["data"]["entry"], e["data"]["n"]) for e in sandbox.store.entries(receipts))
     assert written == sorted((e["id"], e["data"]["n"]) for e in sandbox.store.entries(source))
+
+
+def test_onsync_receives_the_entries_sent_through_the_cli(sandbox: SandboxServer, tmp_path: Path) -> None:
+    """``fliplet-agent start config.py``: ``result["commits"]`` is the list of entries sent
+    (``{id?, data}``, as the original passes), ``result["summary"]`` and ``result["responses"]`` beside
+    it; entries of an unanswered commit that the server turned out to have applied are included."""
+    from fliplet_workers.cli import main
+
+    ds = sandbox.store.create_data_source("onsync")
+    rows, seen = tmp_path / "rows.json", tmp_path / "seen.jsonl"
+    rows.write_text(json.dumps([{"id": i, "title": f"todo {i}"} for i in range(1, 6)]))
+    config = tmp_path / "onsync.py"
+    config.write_text(textwrap.dedent(f"""
+        import json
+
+        config = {{"authToken": "{DEMO_TOKEN}", "baseURL": "{sandbox.url}", "timeout": 0.5, "retryDelay": 0.1}}
+
+        def rows(http):
+            with open({str(rows)!r}) as fh:
+                return json.load(fh)
+
+        def remember(result):
+            with open({str(seen)!r}, "a") as out:
+                out.write(json.dumps(result) + "\\n")
+
+        def setup(agent):
+            agent.push({{"source": rows, "primaryColumnName": "id", "targetDataSourceId": {ds},
+                         "onSync": remember, "batchSize": 2}})
+    """))
+
+    def last_result() -> dict[str, Any]:
+        return dict(json.loads(seen.read_text().splitlines()[-1]))
+
+    assert main(["start", str(config)]) == 0
+    first = last_result()
+    assert first["commits"] == [{"data": {"id": i, "title": f"todo {i}"}} for i in range(1, 6)]
+    assert first["summary"]["inserted"] == 5 and first["summary"]["ok"] is True
+    assert len(first["responses"]) == 3 and all("entries" in r for r in first["responses"])
+
+    ids = {e["data"]["id"]: e["id"] for e in sandbox.store.entries(ds)}
+    rows.write_text(json.dumps([{"id": i, "title": "changed" if i == 2 else f"todo {i}"} for i in range(1, 8)]))
+    sandbox.faults.set(commit_delay_ms=800)  # slower than the 0.5 s timeout: no answer to any commit
+    try:
+        assert main(["start", str(config)]) == 0
+    finally:
+        sandbox.faults.clear()
+    second = last_result()
+    # the update is re-sent (idempotent) until answered... or confirmed; the inserts found by lookup
+    sent = sorted(second["commits"], key=lambda e: e["data"]["id"])
+    assert sent == [{"id": ids[2], "data": {"id": 2, "title": "changed"}},
+                    {"data": {"id": 6, "title": "todo 6"}}, {"data": {"id": 7, "title": "todo 7"}}]
+    assert second["summary"]["inserted"] == 2 and second["summary"]["updated"] == 1
+    assert sorted(e["data"]["id"] for e in sandbox.store.entries(ds)) == [1, 2, 3, 4, 5, 6, 7]

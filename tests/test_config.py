@@ -523,7 +523,7 @@ def test_bad_choices(tmp_path: Path, line: str, problem: str | None) -> None:
 def test_missing_required_options(tmp_path: Path) -> None:
     path = write(tmp_path, "description: nothing else\n")
     assert problems_of(path) == [
-        "users.yml: option 'auth_token' is required",
+        "users.yml: Auth token is required (option 'auth_token')",
         "users.yml: option 'datasource_id' is required",
         "users.yml: option 'query' is required",
         "users.yml: a push operation needs a database: set 'database_driver' (and the other database_* options) "
@@ -641,7 +641,7 @@ def test_every_problem_is_reported_at_once_in_line_order(
     )
     problems = problems_of(path)
     assert problems == [
-        "users.yml: option 'auth_token' is required",
+        "users.yml: Auth token is required (option 'auth_token')",
         "users.yml: option 'query' is required",
         "users.yml:1: option 'datasource_id' must be a positive whole number, got 'abc'",
         "users.yml:2: option 'database_driver' must be one of mysql, sqlite, postgres, mssql, got 'oracle'",
@@ -657,7 +657,7 @@ def test_every_problem_is_reported_at_once_in_line_order(
     ]
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert info.value.message.startswith(f"{path}: 11 problem(s) found:\n  - users.yml: option 'auth_token'")
+    assert info.value.message.startswith(f"{path}: 11 problem(s) found:\n  - users.yml: Auth token is required")
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,34 @@ def test_missing_and_duplicate_keys_are_skipped_and_zero_is_a_key() -> None:
     assert "missing its primary key" in plan.skips[0].message
 
 
+def test_keys_keep_their_types_exactly() -> None:
+    plan = diff([{"id": True}, {"id": 1}, {"id": 1.0}, {"id": False}, {"id": 0}, {"id": "1"}], [], DiffOptions("id"))
+    assert [r.data["id"] for r in plan.inserts] == [True, 1, False, 0, "1"]  # 1.0 is 1 (one JS number type)
+    assert [s.reason for s in plan.skips] == ["duplicate_key"] and "Row 3 has the same primary key 1 as" in \
+        plan.skips[0].message
+    # a remote True is matched by a row's True only
+    plan = run_diff([{"id": 1, "v": 1}, {"id": True, "v": 1}], [entry(10, id=True, v=1)])
+    assert plan.unchanged == 1 and [r.data["id"] for r in plan.inserts] == [1]
+
+
+def test_blank_text_is_a_key_only_null_and_empty_text_are_missing() -> None:
+    plan = diff([{"id": "  "}, {"id": " "}, {"id": ""}, {"id": None}, {"id": "  "}], [], DiffOptions("id"))
+    assert [r.data["id"] for r in plan.inserts] == ["  ", " "]
+    assert [s.reason for s in plan.skips] == ["missing_key", "missing_key", "duplicate_key"]
+    assert run_diff([{"id": "  ", "v": 1}], [entry(10, id="  ", v=1)]).unchanged == 1
+
+
+def test_object_and_list_keys_are_errors_naming_the_row() -> None:
+    plan = diff([{"id": {"a": 1}}, {"id": [1]}, {"id": {"a": 1}}, {"id": 2}], [], DiffOptions("id"))
+    assert [r.data["id"] for r in plan.inserts] == [2]
+    assert [s.reason for s in plan.skips] == ["invalid_key"] * 3
+    assert plan.skips[0].message.startswith("Row 1 has an object as its primary key value ('id')")
+    assert plan.skips[1].message.startswith("Row 2 has a list as its primary key value")
+    assert "same primary key" not in " ".join(s.message for s in plan.skips)
+    # remote entries with such keys match nothing: orphans, deleted only in replace mode
+    assert run_diff([{"id": 2}], [entry(10, id={"a": 1}), entry(11, id=2)], mode="replace").deletes == [10]
+
+
 def test_case_insensitive_keys_collide() -> None:
     plan = diff([{"id": "AB"}, {"id": "ab"}], [], DiffOptions("id", case_insensitive=True))
     assert [r.data["id"] for r in plan.inserts] == ["AB"] and plan.skips[0].reason == "duplicate_key"
@@ -62,7 +90,8 @@ def run_diff(rows: list[dict[str, Any]], remote: list[dict[str, Any]], **opts: A
 def test_first_sync_inserts_everything() -> None:
     plan = run_diff([{"id": 1}, {"id": 2}], [])
     assert [r.data["id"] for r in plan.inserts] == [1, 2] and not plan.updates and not plan.deletes
-    assert plan.counts() == {"insert": 2, "update": 0, "delete": 0, "unchanged": 0, "skipped": 0, "remote": 0}
+    assert plan.counts() == {"insert": 2, "update": 0, "delete": 0, "unchanged": 0, "skipped": 0, "remote": 0,
+                             "rows": 2, "withheld": 0, "delete_allowed": -1, "delete_default": 1}
 
 
 def test_unchanged_rows_send_nothing_without_timestamp() -> None:
@@ -92,7 +121,7 @@ def test_unreadable_timestamp_falls_back_to_content() -> None:
 
 
 def test_delete_column() -> None:
-    rows = [{"id": 1, "gone": "2024-01-01"}, {"id": 2, "gone": "2024-01-01"}, {"id": 3, "gone": None},
+    rows: list[dict[str, Any]] = [{"id": 1, "gone": "2024-01-01"}, {"id": 2, "gone": "2024-01-01"}, {"id": 3, "gone": None},
             {"id": 4, "gone": 0}]
     remote = [entry(10, id=1, gone=None), entry(13, id=3, gone=None), entry(14, id=4, gone=None)]
     plan = run_diff(rows, remote, delete_column="gone")
@@ -101,10 +130,50 @@ def test_delete_column() -> None:
     assert [i for i, _ in plan.updates] == [14]  # 0 is not a delete flag (JS truthiness) but a new value
 
 
-def test_replace_mode_deletes_orphans_and_duplicates_update_mode_keeps_them() -> None:
+def test_replace_mode_deletes_orphans_update_mode_keeps_them_both_heal_duplicates() -> None:
     remote = [entry(10, id=1), entry(11, id=9), entry(12, id=1)]
     assert run_diff([{"id": 1}], remote, mode="replace").deletes == [11, 12]
-    assert run_diff([{"id": 1}], remote, mode="update").deletes == []
+    assert run_diff([{"id": 1}], remote, mode="update").deletes == [12]  # the orphan 11 stays
+
+
+def test_duplicate_remote_keys_are_healed_in_both_modes_keeping_the_oldest() -> None:
+    from fliplet_workers.core.diff import index_remote
+
+    remote = [entry(30, id=1, v="c"), entry(12, id=1, v="a"), entry(20, id=1, v="b"), entry(5, id=2), entry(6, id=2),
+              entry(7, id=3)]
+    for mode in ("update", "replace"):
+        plan = run_diff([{"id": 1, "v": "a"}, {"id": 2}, {"id": 3}], remote, mode=mode)
+        assert sorted(plan.deletes) == [6, 20, 30] and plan.unchanged == 3  # row 1 matched entry 12, the oldest
+    index = index_remote(iter(remote), DiffOptions("id"))
+    dups = index.duplicates("id")
+    assert [(d.key, d.ids) for d in dups] == [(1, (12, 20, 30)), (2, (5, 6))]
+    assert dups[0].warning("id") == ("The data source has 3 entries with the primary key 1 ('id'): entries 12, 20, "
+                                     "30. Entry 12 (the oldest) is kept; this run deletes 20, 30 (within the "
+                                     "delete limit).")
+    # case-insensitive keys: "AB" and "ab" are one key
+    plan = run_diff([{"id": "ab"}], [entry(8, id="AB"), entry(9, id="ab")], case_insensitive=True)
+    assert plan.deletes == [9] and [i for i, _ in plan.updates] == [8]
+    # True and 1 are two keys, not duplicates
+    assert run_diff([], [entry(1, id=True), entry(2, id=1)]).deletes == []
+
+
+def test_columns_are_checked_with_a_did_you_mean() -> None:
+    from fliplet_workers.core.diff import check_columns
+
+    columns = ["id", "name", "email", "updatedAt", "deleted_at"]
+    check = check_columns(columns, DiffOptions("ID", timestamp_column="updated_at", delete_column="deletedAt"))
+    assert check.error == ("primary_column 'ID' is not a column of the query's result (columns: id, name, email, "
+                           "updatedAt, deleted_at); did you mean 'id'?")
+    assert check.warnings == (
+        "timestamp_column 'updated_at' is not a column of the query's result (columns: id, name, email, updatedAt, "
+        "deleted_at); did you mean 'updatedAt'? Rows are compared by their content instead.",
+        "delete_column 'deletedAt' is not a column of the query's result (columns: id, name, email, updatedAt, "
+        "deleted_at); did you mean 'deleted_at'? No entry will be deleted through it.")
+    assert check_columns(columns, DiffOptions("id", timestamp_column="updatedAt")) == \
+        type(check)(None, ())
+    far = check_columns(["a", "b"], DiffOptions("zzz"), where="the source's rows")
+    assert far.error == "primary_column 'zzz' is not a column of the source's rows (columns: a, b)."
+    assert check_columns(columns, DiffOptions(None)).error is None
 
 
 def test_case_insensitive_match() -> None:

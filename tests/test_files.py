@@ -33,7 +33,7 @@ from fliplet_workers.files import (
     upload_name,
 )
 from fliplet_workers.fliplet.media import FOLDER_NAME, MultipartBody
-from fliplet_workers.sandbox import SandboxServer
+from fliplet_workers.sandbox import DEMO_TOKEN, SandboxServer
 from fliplet_workers.sandbox.server import parse_multipart
 from fliplet_workers.secrets import Secret
 
@@ -53,7 +53,8 @@ def world(sandbox: SandboxServer, tmp_path: Path, *columns: str) -> FilesWorld:
 
 
 def fetch_url(url: str) -> bytes:
-    response = requests.get(url, timeout=5)
+    """An uploaded file from the sandbox (which serves files only with a token)."""
+    response = requests.get(url, headers={"Auth-token": DEMO_TOKEN}, timeout=5)
     response.raise_for_status()
     return response.content
 

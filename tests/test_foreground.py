@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 import yaml
 
 from fliplet_workers.foreground import run_forever
@@ -38,7 +39,7 @@ def test_operations_run_at_their_cron_times() -> None:
         calls.append((clock.now.strftime("%H:%M"), tuple(indexes)))
         clock.sleep(5)  # a run takes time
 
-    run_forever({0: "*/15 * * * *", 1: "0 * * * *"}, run_due, now=clock, sleep=clock.sleep, max_runs=5)
+    run_forever({0: "*/15 * * * *", 1: "0 * * * *"}, run_due, tz="UTC", now=clock, sleep=clock.sleep, max_runs=5)
     assert calls == [("10:15", (0,)), ("10:30", (0,)), ("10:45", (0,)), ("11:00", (0, 1)), ("11:15", (0,))]
 
 
@@ -75,3 +76,57 @@ def test_cli_syncs_on_init_then_keeps_running_until_sigterm(sandbox: SandboxServ
     text = (tmp_path / "agent.log").read_text()
     assert "Scheduling 1 operation(s) to run with their set frequency..." in text
     assert "[sched] Sync finished. 2 data source entries have been affected." in text
+
+
+def test_cron_is_read_in_the_given_zone_with_the_injected_clock() -> None:
+    clock = FakeClock(dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC))  # 21:00 in Tokyo
+    calls: list[dt.datetime] = []
+    run_forever({0: "0 8 * * *"}, lambda _: calls.append(clock.now), tz="Asia/Tokyo", now=clock,
+                sleep=clock.sleep, max_runs=2)
+    assert calls == [dt.datetime(2026, 1, 1, 23, 0, tzinfo=dt.UTC), dt.datetime(2026, 1, 2, 23, 0, tzinfo=dt.UTC)]
+
+
+def test_default_zone_is_the_hosts_local_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLIPLET_TIMEZONE", raising=False)
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    clock = FakeClock(dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC))
+    calls: list[dt.datetime] = []
+    run_forever({0: "0 8 * * *"}, lambda _: calls.append(clock.now), now=clock, sleep=clock.sleep, max_runs=1)
+    assert calls == [dt.datetime(2026, 1, 1, 23, 0, tzinfo=dt.UTC)]
+
+
+@pytest.mark.parametrize(("config_zone", "fliplet_tz", "shown"), [
+    (None, None, "08:00+09:00 (Asia/Tokyo)"),  # the host's local time, like the original
+    (None, "America/New_York", "08:00-05:00 (America/New_York)"),  # FLIPLET_TIMEZONE beats the host
+    ("Europe/London", "America/New_York", "08:00+00:00 (Europe/London)"),  # the config's timezone wins
+])
+def test_agent_process_schedules_eight_oclock_in_the_right_zone(
+    tmp_path: Path, config_zone: str | None, fliplet_tz: str | None, shown: str
+) -> None:
+    """A real ``fliplet-agent start`` on a "Tokyo host" (``TZ=Asia/Tokyo``) logs when ``0 8 * * *``
+    runs next; December dates, so London is on GMT and New York on EST."""
+    options = {"auth_token": DEMO_TOKEN, "api_url": "http://127.0.0.1:9", "datasource_id": 1,
+               "database_driver": "sqlite", "database_name": str(tmp_path / "none.db"), "query": "SELECT 1",
+               "frequency": "0 8 * * *", "sync_on_init": False, "log_verbosity": "info"}
+    if config_zone:
+        options["timezone"] = config_zone
+    config = tmp_path / "tokyo.yml"
+    config.write_text(yaml.safe_dump(options))
+    log = tmp_path / "agent.log"
+    env = {k: v for k, v in os.environ.items() if k != "FLIPLET_TIMEZONE"}
+    env |= {"FLIPLET_AGENT_LOG": str(log), "TZ": "Asia/Tokyo"} | ({"FLIPLET_TIMEZONE": fliplet_tz} if fliplet_tz else {})
+    proc = subprocess.Popen([sys.executable, "-m", "fliplet_workers.cli", "start", str(config)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while (not log.exists() or "Scheduling complete" not in log.read_text()) and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text() if log.exists() else "agent exited"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    line = next(x for x in log.read_text().splitlines() if "Operation 1 (0 8 * * *) runs next at" in x)
+    assert line.endswith(shown), line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -239,11 +240,13 @@ def test_media_folder_upload_and_download(api: Api, sandbox: SandboxServer) -> N
 
     listed = api.get(f"v1/media?folderId={folder['id']}&organizationId=1").json()["files"]
     assert [(f["id"], f["url"]) for f in listed] == [(uploaded["id"], uploaded["url"])]
-    download = requests.get(uploaded["url"], timeout=10)
+    download = requests.get(uploaded["url"], headers=sandbox.headers, timeout=10)
     assert download.status_code == 200
     assert download.content == content
     assert download.headers["Content-Type"] == "image/jpeg"
-    assert requests.get(sandbox.url + f"media/files/{uploaded['id']}/other.jpg", timeout=10).status_code == 404
+    assert download.headers["Content-Disposition"].startswith("attachment;")
+    missing = requests.get(sandbox.url + f"media/files/{uploaded['id']}/other.jpg", headers=sandbox.headers, timeout=10)
+    assert missing.status_code == 404
 
 
 def test_upload_without_files_field_is_400(api: Api) -> None:
@@ -306,13 +309,13 @@ def test_commit_delay_does_not_block_other_requests(sandbox: SandboxServer) -> N
 
 
 def test_sandbox_state_data_sources_and_reset(api: Api, sandbox: SandboxServer) -> None:
-    created = requests.post(sandbox.url + "_sandbox/data-sources", json={"name": "Extra"}, timeout=10).json()
+    created = api.post("_sandbox/data-sources", json={"name": "Extra"}).json()
     assert commit(api, created["id"], [{"data": {"x": 1}}, {"data": {"x": 2}}]).status_code == 200
-    state = requests.get(sandbox.url + "_sandbox/state", timeout=10).json()
+    state = api.get("_sandbox/state").json()
     extra = next(d for d in state["dataSources"] if d["id"] == created["id"])
     assert (extra["name"], extra["entries"], extra["commits"], extra["appliedCommits"]) == ("Extra", 2, 1, 1)
-    assert requests.post(sandbox.url + "_sandbox/reset", timeout=10).json() == {"ok": True}
-    names = [d["name"] for d in requests.get(sandbox.url + "_sandbox/state", timeout=10).json()["dataSources"]]
+    assert api.post("_sandbox/reset").json() == {"ok": True}
+    names = [d["name"] for d in api.get("_sandbox/state").json()["dataSources"]]
     assert names == ["Users", "Demo"]
 
 
@@ -344,7 +347,7 @@ def test_data_survives_a_restart(tmp_path: Path) -> None:
         assert commit(api, 1, [{"data": {"n": 3}}]).json()["entries"][0]["id"] > ids[1]
         assert second.store.commit_count(1) == 2
         file_id = uploaded["files"][0]["id"]
-        got = requests.get(second.url + f"media/files/{file_id}/a.bin", timeout=10)
+        got = requests.get(second.url + f"media/files/{file_id}/a.bin", headers=second.headers, timeout=10)
         assert got.content == b"\x00\x01bytes"
 
 
@@ -365,7 +368,7 @@ def test_autosave_writes_the_file_while_running(tmp_path: Path) -> None:
 def test_html_page_lists_entries_escaped(api: Api, sandbox: SandboxServer) -> None:
     commit(api, 1, [{"data": {"Email": "a@example.com", "Note": "<script>x</script>"}},
                     {"data": {"Email": "b@example.com", "Extra": 5}}])
-    reply = requests.get(sandbox.url, timeout=10)
+    reply = requests.get(sandbox.url, headers=sandbox.headers, timeout=10)
     assert reply.status_code == 200 and reply.headers["Content-Type"].startswith("text/html")
     page = reply.text
     for text in ("Users", "Demo", "a@example.com", "b@example.com", "<th>Extra</th>", "2 entries"):
@@ -394,3 +397,335 @@ def test_get_data_of_200k_entries(api: Api, sandbox: SandboxServer) -> None:
     assert len(entries) == 200_000
     assert [e["data"]["key"] for e in entries[:3]] == [0, 1, 2] and entries[-1]["data"]["key"] == 199_999
     assert len({e["id"] for e in entries}) == 200_000
+
+
+# ------------------------------------------------------------------- one entry: GET, PUT, DELETE
+
+
+def test_get_one_entry_as_fliplet_answers_it(api: Api, sandbox: SandboxServer) -> None:
+    first, second = commit(api, 1, [{"data": {"n": 1}}, {"data": {"n": 2}}]).json()["entries"]
+    reply = api.get(f"v1/data-sources/1/data/{second['id']}")
+    assert reply.status_code == 200
+    assert reply.json() == second  # the entry itself, not wrapped
+    other_ds = commit(api, 2, [{"data": {"n": 3}}]).json()["entries"][0]
+    for path, status, words in (
+            (f"v1/data-sources/1/data/{other_ds['id']}", 404, f"Entry {other_ds['id']}"),  # not this source's
+            ("v1/data-sources/1/data/999999", 404, "Entry 999999"),
+            (f"v1/data-sources/999/data/{first['id']}", 404, "Data source 999")):
+        missing = api.get(path)
+        assert (missing.status_code, words in missing.json()["message"]) == (status, True), path
+    assert Api(sandbox, None).get(f"v1/data-sources/1/data/{first['id']}").status_code == 401
+    assert Api(sandbox, "eu--wrong").get(f"v1/data-sources/1/data/{first['id']}").status_code == 401
+    assert Api(sandbox, NO_ACCESS_TOKEN).get(f"v1/data-sources/1/data/{first['id']}").status_code == 403
+
+
+def test_put_one_entry_merges_the_columns_sent(api: Api, sandbox: SandboxServer) -> None:
+    entry = commit(api, 1, [{"data": {"First name": "Ann", "syncedAt": "", "n": 1}}]).json()["entries"][0]
+    path = f"v1/data-sources/1/data/{entry['id']}"
+    reply = api.put(path, json={"syncedAt": 1717236000000, "n": None})
+    assert reply.status_code == 200
+    updated = reply.json()
+    assert updated["data"] == {"First name": "Ann", "syncedAt": 1717236000000, "n": None}  # null is a value
+    assert (updated["id"], updated["createdAt"]) == (entry["id"], entry["createdAt"])
+    assert updated["updatedAt"] >= entry["updatedAt"]
+    assert remote_data(sandbox) == {entry["id"]: updated["data"]}
+    assert api.get(path).json() == updated
+
+
+def test_put_one_entry_errors_change_nothing(api: Api, sandbox: SandboxServer) -> None:
+    entry = commit(api, 1, [{"data": {"n": 1}}]).json()["entries"][0]
+    path = f"v1/data-sources/1/data/{entry['id']}"
+    cases: list[tuple[Api, str, Any, int]] = [
+        (api, path, ["not", "an", "object"], 400),
+        (api, path, b"{broken", 400),
+        (api, "v1/data-sources/1/data/999999", {"n": 2}, 404),
+        (api, f"v1/data-sources/999/data/{entry['id']}", {"n": 2}, 404),
+        (Api(sandbox, NO_ACCESS_TOKEN), path, {"n": 2}, 403),
+        (Api(sandbox, None), path, {"n": 2}, 401),
+    ]
+    for client, url, body, status in cases:
+        sent = client.put(url, data=body, headers={"Content-Type": "application/json"}) if isinstance(body, bytes) \
+            else client.put(url, json=body)
+        assert sent.status_code == status, (url, body)
+        assert sent.json()["message"]
+    assert remote_data(sandbox) == {entry["id"]: {"n": 1}}
+
+
+def test_delete_one_entry(api: Api, sandbox: SandboxServer) -> None:
+    kept, gone = commit(api, 1, [{"data": {"n": 1}}, {"data": {"n": 2}}]).json()["entries"]
+    path = f"v1/data-sources/1/data/{gone['id']}"
+    assert Api(sandbox, NO_ACCESS_TOKEN).delete(path).status_code == 403
+    assert Api(sandbox, None).delete(path).status_code == 401
+    assert api.delete(f"v1/data-sources/2/data/{gone['id']}").status_code == 404  # not that source's entry
+    assert sorted(remote_data(sandbox)) == [kept["id"], gone["id"]]
+    reply = api.delete(path)
+    assert reply.status_code == 200 and reply.json()["id"] == gone["id"]
+    assert remote_data(sandbox) == {kept["id"]: {"n": 1}}
+    again = api.delete(path)
+    assert again.status_code == 404 and f"Entry {gone['id']}" in again.json()["message"]
+    assert api.get(path).status_code == 404
+
+
+def test_put_data_inserts_one_entry_and_post_data_imports(api: Api, sandbox: SandboxServer) -> None:
+    """``PUT .../data`` adds one entry (201, as Fliplet documents it); ``POST .../data`` is Fliplet's
+    bulk import: ``append: true`` (body or query string) adds, without it the data source is replaced."""
+    one = api.put("v1/data-sources/1/data", json={"email": "a@example.org"})
+    assert one.status_code == 201 and one.json()["data"] == {"email": "a@example.org"}
+    added = api.post("v1/data-sources/1/data", json={"append": True, "entries": [{"n": 1}, {"n": 2}]})
+    assert added.status_code == 200 and [e["data"] for e in added.json()["entries"]] == [{"n": 1}, {"n": 2}]
+    assert api.post("v1/data-sources/1/data?append=true", json={"entries": [{"n": 3}]}).status_code == 200
+    assert sorted(map(str, remote_data(sandbox).values())) == sorted(
+        map(str, [{"email": "a@example.org"}, {"n": 1}, {"n": 2}, {"n": 3}]))
+    for bad in ({"entries": [1, 2]}, {"entries": {"n": 1}}, [{"n": 1}]):
+        refused = api.post("v1/data-sources/1/data", json=bad)
+        assert refused.status_code == 400 and refused.json()["message"]
+    assert len(remote_data(sandbox)) == 4  # a refused import changes nothing, even without append
+    assert Api(sandbox, NO_ACCESS_TOKEN).post("v1/data-sources/1/data", json={"entries": []}).status_code == 403
+    assert len(remote_data(sandbox)) == 4
+    replaced = api.post("v1/data-sources/1/data", json={"entries": [{"n": "only"}]})
+    assert replaced.status_code == 200
+    assert list(remote_data(sandbox).values()) == [{"n": "only"}]
+
+
+def test_single_entry_changes_survive_a_restart(tmp_path: Path) -> None:
+    data_file = tmp_path / "entries.json"
+    with SandboxServer(data_file=str(data_file)) as first:
+        api = Api(first)
+        a, b, c = commit(api, 1, [{"data": {"n": i}} for i in range(3)]).json()["entries"]
+        assert api.put(f"v1/data-sources/1/data/{a['id']}", json={"syncedAt": 1}).status_code == 200
+        assert api.delete(f"v1/data-sources/1/data/{b['id']}").status_code == 200
+        added = api.put("v1/data-sources/1/data", json={"n": "new"}).json()
+    with SandboxServer(data_file=str(data_file)) as second:
+        assert remote_data(second) == {a["id"]: {"n": 0, "syncedAt": 1}, c["id"]: {"n": 2}, added["id"]: {"n": "new"}}
+
+
+def test_the_pull_example_write_back_works_through_the_cli(sandbox: SandboxServer, tmp_path: Path) -> None:
+    """The original's documented pull example, in Python: pull the entries whose ``syncedAt`` is
+    empty, insert them into the database, then mark each one synced with ``agent.api.request(url=
+    "v1/data-sources/<id>/data/<entry id>", method="PUT", data={"syncedAt": ...})``. Run twice through
+    ``fliplet-agent start``: the second run finds nothing left to pull."""
+    import sqlite3
+    import textwrap
+
+    from fliplet_workers.cli import main
+
+    ds = sandbox.store.create_data_source("contacts")
+    sandbox.store.commit(DEMO_TOKEN, ds, {"append": True, "entries": [
+        {"data": {"First name": "Ann", "Last name": "Lee", "Company": "Acme", "syncedAt": ""}},
+        {"data": {"First name": "Bob", "Last name": "Ray", "Company": "Initech", "syncedAt": ""}},
+        {"data": {"First name": "Cid", "Last name": "Old", "Company": "Done", "syncedAt": 1600000000000}}]})
+    db = tmp_path / "local.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE MyTable (FirstName TEXT, LastName TEXT, Company TEXT)")
+    config = tmp_path / "pull.py"
+    config.write_text(textwrap.dedent(f"""
+        import time
+
+        config = {{"authToken": "{DEMO_TOKEN}", "baseURL": "{sandbox.url}",
+                   "database": {{"dialect": "sqlite", "storage": "local.db"}}}}
+
+        def setup(agent):
+            def action(entries, db):
+                for entry in entries:
+                    db.query("INSERT INTO MyTable (FirstName, LastName, Company) VALUES (:first, :last, :company)",
+                             {{"first": entry["data"]["First name"], "last": entry["data"]["Last name"],
+                               "company": entry["data"]["Company"]}})
+                # You can also write data back to Fliplet APIs, e.g. confirm you have synced these entries
+                for entry in entries:
+                    agent.api.request(url=f"v1/data-sources/{ds}/data/{{entry['id']}}", method="PUT",
+                                      data={{"syncedAt": int(time.time() * 1000)}})
+
+            agent.pull({{"description": "Pulls new contacts", "targetDataSourceId": {ds},
+                         "where": {{"syncedAt": ""}}, "action": action}})
+    """))
+    before = time.time() * 1000
+    assert main(["start", str(config)]) == 0
+    entries = {e["data"]["First name"]: e["data"] for e in sandbox.store.entries(ds)}
+    assert {name: data["syncedAt"] >= before for name, data in entries.items()} == {
+        "Ann": True, "Bob": True, "Cid": False}
+    assert entries["Ann"] == {"First name": "Ann", "Last name": "Lee", "Company": "Acme",
+                              "syncedAt": entries["Ann"]["syncedAt"]}  # merged: the other columns kept
+    assert main(["start", str(config)]) == 0  # nothing left to pull
+    with sqlite3.connect(db) as conn:
+        assert sorted(conn.execute("SELECT * FROM MyTable").fetchall()) == [
+            ("Ann", "Lee", "Acme"), ("Bob", "Ray", "Initech")]
+
+
+# ------------------------------------------------------------------------------ desktop safety
+
+
+def own_origin(sandbox: SandboxServer) -> str:
+    return sandbox.url.rstrip("/")
+
+
+def login(sandbox: SandboxServer, token: str) -> requests.Session:
+    """A browser-like session logged in through the page's form (its own Origin, like a browser)."""
+    browser = requests.Session()
+    reply = browser.post(sandbox.url + "_sandbox/login", data={"token": token}, allow_redirects=False,
+                         headers={"Origin": own_origin(sandbox)}, timeout=10)
+    assert reply.status_code == 303 and reply.headers["Location"] == "/"
+    return browser
+
+
+def test_the_page_without_a_token_shows_the_login_form_and_no_data(api: Api, sandbox: SandboxServer) -> None:
+    commit(api, 1, [{"data": {"Email": "secret-person@example.com"}}])
+    for headers in ({}, {"Auth-token": "eu--wrong"}, {"Cookie": f"{sandbox.app.access.cookie_name}=forged"}):
+        reply = requests.get(sandbox.url, headers=headers, timeout=10)
+        assert reply.status_code == 401, headers
+        assert reply.headers["Content-Type"].startswith("text/html")
+        assert '<form method="post" action="/_sandbox/login">' in reply.text
+        for secret in ("secret-person", "Users", "Demo", DEMO_TOKEN):
+            assert secret not in reply.text
+        assert reply.headers["X-Frame-Options"] == "DENY"
+        assert "frame-ancestors 'none'" in reply.headers["Content-Security-Policy"]
+
+
+def test_login_sets_a_strict_httponly_cookie_and_shows_only_readable_sources(api: Api,
+                                                                            sandbox: SandboxServer) -> None:
+    commit(api, 1, [{"data": {"Email": "in-users@example.com"}}])
+    commit(api, 2, [{"data": {"Email": "in-demo@example.com"}}])
+    sandbox.store.add_token("eu--demo-only", "demo-only@example.com", [2])
+
+    reply = requests.post(sandbox.url + "_sandbox/login", data={"token": "eu--demo-only"}, allow_redirects=False,
+                          timeout=10)
+    cookie = reply.headers["Set-Cookie"]
+    assert cookie.startswith(sandbox.app.access.cookie_name + "=")
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+    assert "eu--demo-only" not in cookie  # a random session id, not the token
+
+    browser = login(sandbox, "eu--demo-only")
+    page = browser.get(sandbox.url, timeout=10)
+    assert page.status_code == 200
+    assert "in-demo@example.com" in page.text and "#2 Demo" in page.text
+    assert "in-users@example.com" not in page.text and "#1 Users" not in page.text
+    assert "demo-only@example.com" in page.text and "Log out" in page.text
+
+    with_header = requests.get(sandbox.url, headers=sandbox.headers, timeout=10).text
+    assert "in-users@example.com" in with_header and "in-demo@example.com" in with_header
+    nothing = requests.get(sandbox.url, headers={"Auth-token": NO_ACCESS_TOKEN}, timeout=10)
+    assert nothing.status_code == 200 and "in-demo" not in nothing.text and "in-users" not in nothing.text
+
+    name = sandbox.app.access.cookie_name
+    session = browser.cookies[name]
+    out = browser.post(sandbox.url + "_sandbox/logout", headers={"Origin": own_origin(sandbox)},
+                       allow_redirects=False, timeout=10)
+    assert out.status_code == 303 and "Max-Age=0" in out.headers["Set-Cookie"]
+    # the session is over on the server too: replaying its cookie gets the login form again
+    assert requests.get(sandbox.url, cookies={name: session}, timeout=10).status_code == 401
+    other = cookie.split(";")[0].split("=", 1)[1]  # the first login's session is still open
+    assert requests.get(sandbox.url, cookies={name: other}, timeout=10).status_code == 200
+
+
+def test_a_wrong_token_at_the_login_form_opens_no_session(sandbox: SandboxServer) -> None:
+    for form in ({"token": "eu--wrong"}, {"token": ""}, {}):
+        reply = requests.post(sandbox.url + "_sandbox/login", data=form, allow_redirects=False, timeout=10)
+        assert reply.status_code == 401 and "Set-Cookie" not in reply.headers
+        assert "not valid" in reply.text and '<form method="post"' in reply.text
+
+
+def test_sandbox_endpoints_need_the_sandbox_token(sandbox: SandboxServer) -> None:
+    calls = [("GET", "_sandbox/state", None), ("GET", "_sandbox/faults", None),
+             ("POST", "_sandbox/faults", {"commit": ["error"]}), ("POST", "_sandbox/reset", None),
+             ("POST", "_sandbox/data-sources", {"name": "Sneaky"}),
+             ("POST", "_sandbox/tokens", {"token": "eu--sneaky", "dataSourceIds": [1, 2]}),
+             ("GET", "_sandbox/data-sources/1/commits", None)]
+    sandbox.store.add_token("eu--demo-only", "demo-only@example.com", [2])
+    refused = [(None, 401), ("eu--wrong", 401), (NO_ACCESS_TOKEN, 403), ("eu--demo-only", 403)]
+    for method, path, body in calls:
+        for token, status in refused:
+            reply = requests.request(method, sandbox.url + path, json=body, timeout=10,
+                                     headers={"Auth-token": token} if token else {})
+            assert reply.status_code == status, (method, path, token)
+            assert reply.json()["message"]
+        cookie = login(sandbox, "eu--demo-only")
+        assert cookie.request(method, sandbox.url + path, json=body, timeout=10).status_code == 403
+    assert sandbox.store.user_for_token("eu--sneaky") is None
+    assert [d["name"] for d in sandbox.store.state()["dataSources"]] == ["Users", "Demo"]
+    assert sandbox.faults.describe()["commit"] == []
+    # the sandbox's own token works from the header and from a session cookie
+    admin = login(sandbox, DEMO_TOKEN)
+    assert admin.get(sandbox.url + "_sandbox/state", timeout=10).status_code == 200
+    assert requests.get(sandbox.url + "_sandbox/faults", headers=sandbox.headers, timeout=10).status_code == 200
+
+
+def test_a_foreign_origin_is_refused_even_with_the_token(sandbox: SandboxServer) -> None:
+    """The issue's attack: a web page posts plain text (no CORS preflight) to the sandbox."""
+    for origin in ("http://evil.example", "null", "http://127.0.0.1:1", "https://" + sandbox.url[len("http://"):-1]):
+        headers = {"Origin": origin, "Content-Type": "text/plain", **sandbox.headers}
+        grab = requests.post(sandbox.url + "_sandbox/tokens", headers=headers, timeout=10,
+                             data=json.dumps({"token": "eu--evil", "dataSourceIds": [1, 2]}))
+        assert grab.status_code == 403 and "Origin" in grab.json()["message"], origin
+        write = requests.post(sandbox.url + "v1/data-sources/1/commit", headers=headers, timeout=10,
+                              data=json.dumps({"append": True, "entries": [{"data": {"evil": 1}}]}))
+        assert write.status_code == 403
+        assert requests.get(sandbox.url, headers=headers, timeout=10).status_code == 403
+        assert requests.post(sandbox.url + "_sandbox/login", data={"token": DEMO_TOKEN}, timeout=10,
+                             headers={"Origin": origin}, allow_redirects=False).status_code == 403
+    assert sandbox.store.user_for_token("eu--evil") is None
+    assert sandbox.store.entries(1) == []
+    port = sandbox.url.rstrip("/").rsplit(":", 1)[1]
+    for own in (own_origin(sandbox), f"http://localhost:{port}", f"HTTP://LOCALHOST:{port}"):
+        ok = requests.get(sandbox.url + "v1/user", headers={"Origin": own, **sandbox.headers}, timeout=10)
+        assert ok.status_code == 200, own
+
+
+def test_a_foreign_host_is_refused(sandbox: SandboxServer) -> None:
+    """DNS rebinding: evil.example resolves to 127.0.0.1 after the page loaded; the browser then sends
+    ``Host: evil.example:<port>``."""
+    port = sandbox.url.rstrip("/").rsplit(":", 1)[1]
+    for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1:{int(port) + 1}", "127.0.0.1", "",
+                 f"127.0.0.1.nip.io:{port}"):
+        for path in ("", "v1/user", "_sandbox/state", "v1/data-sources/1/data"):
+            reply = requests.get(sandbox.url + path, headers={"Host": host, **sandbox.headers}, timeout=10)
+            assert reply.status_code == 403, (host, path)
+            assert "Host" in reply.json()["message"]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LocalHost:{port}", f"[::1]:{port}"):
+        assert requests.get(sandbox.url + "v1/user", headers={"Host": host, **sandbox.headers},
+                            timeout=10).status_code == 200, host
+
+
+def test_uploaded_files_are_downloads_that_need_a_token(api: Api, sandbox: SandboxServer) -> None:
+    """An uploaded ``.html`` never renders as a page of the sandbox's origin (which holds the cookie)."""
+    html_bytes = b"<html><script>fetch('/_sandbox/state')</script></html>"
+    uploaded = api.post("v1/media/files?name=report%22%0D%0AX-Evil:%201.html&organizationId=1",
+                        files={"files": ("report.html", html_bytes, "text/html")}, data={"checksum": "x"}).json()
+    url = uploaded["files"][0]["url"]
+    anonymous = requests.get(url, timeout=10)
+    assert anonymous.status_code == 401 and html_bytes not in anonymous.content
+    for client, headers in ((requests.Session(), sandbox.headers), (login(sandbox, DEMO_TOKEN), {})):
+        reply = client.get(url, headers=headers, timeout=10)
+        assert reply.status_code == 200 and reply.content == html_bytes, reply.text
+        assert reply.headers["X-Content-Type-Options"] == "nosniff"
+        disposition = reply.headers["Content-Disposition"]
+        assert disposition.startswith("attachment;") and "filename*=UTF-8''report%22%0D%0AX-Evil%3A%201.html" in disposition
+        assert "X-Evil" not in reply.headers  # the name cannot inject a header
+        assert "sandbox" in reply.headers["Content-Security-Policy"]
+
+
+def test_access_rules_for_the_listening_address() -> None:
+    """The pure part of the Host rule: which names each binding accepts."""
+    from fliplet_workers.sandbox.server import Access, Request
+
+    def host_ok(access: Access, host: str) -> bool:
+        request = Request("GET", "", {}, {"host": host}, b"", "http://x/")
+        return access.refusal(request) is None
+
+    loopback = Access()
+    loopback.bind("127.0.0.1", 8765)
+    assert [host_ok(loopback, h) for h in ("127.0.0.1:8765", "localhost:8765", "[::1]:8765", "192.168.1.5:8765",
+                                            "localhost")] == [True, True, True, False, False]
+    lan = Access()
+    lan.bind("192.168.1.5", 8765)
+    assert host_ok(lan, "192.168.1.5:8765") and host_ok(lan, "localhost:8765") and not host_ok(lan, "evil:8765")
+    v6 = Access()
+    v6.bind("::1", 80)
+    assert host_ok(v6, "[::1]") and host_ok(v6, "[::1]:80") and not host_ok(v6, "::1")
+    assert loopback.cookie_name == "fliplet_sandbox_8765"
+
+
+def test_a_session_ends_when_its_token_is_gone(sandbox: SandboxServer) -> None:
+    sandbox.store.add_token("eu--temporary", "temp@example.com", [2])
+    browser = login(sandbox, "eu--temporary")
+    assert browser.get(sandbox.url, timeout=10).status_code == 200
+    assert requests.post(sandbox.url + "_sandbox/reset", headers=sandbox.headers, timeout=10).status_code == 200
+    assert browser.get(sandbox.url, timeout=10).status_code == 401  # the reset forgot that token

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from fliplet_workers.schedule import Schedule, next_run, seconds_until_next, validate_cron
+from fliplet_workers.schedule import (
+    Schedule,
+    default_timezone,
+    host_timezone,
+    next_run,
+    schedule_timezone,
+    seconds_until_next,
+    validate_cron,
+)
 
 LONDON = ZoneInfo("Europe/London")
 
@@ -162,3 +171,83 @@ def test_schedule_loop_never_sleeps_zero_and_walks_forward() -> None:
 def test_schedule_rejects_invalid_expression_up_front() -> None:
     with pytest.raises(ValueError, match="expected 5 fields"):
         Schedule("@daily")
+
+
+# ------------------------------------------------------------------------------------ time zone rule
+
+
+def test_timezone_rule_config_then_env_then_host(tmp_path: Path) -> None:
+    tokyo_env = {"TZ": "Asia/Tokyo"}
+    assert host_timezone(tokyo_env) == "Asia/Tokyo"
+    assert default_timezone(tokyo_env) == "Asia/Tokyo"  # no FLIPLET_TIMEZONE: the host's local time
+    both = {"TZ": "Asia/Tokyo", "FLIPLET_TIMEZONE": "Europe/London"}
+    assert default_timezone(both) == "Europe/London"  # FLIPLET_TIMEZONE beats the host
+    # the config's own timezone beats both (the fleet passes its settings' zone as the default)
+    assert schedule_timezone("America/New_York", default_timezone(both)) == "America/New_York"
+    assert schedule_timezone(None, default_timezone(both)) == "Europe/London"
+
+
+def test_timezone_rule_reads_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLIPLET_TIMEZONE", raising=False)
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    assert schedule_timezone(None) == "Asia/Tokyo"
+    monkeypatch.setenv("FLIPLET_TIMEZONE", "Europe/Paris")
+    assert schedule_timezone(None) == "Europe/Paris"
+    assert schedule_timezone("Australia/Sydney") == "Australia/Sydney"
+
+
+@pytest.mark.parametrize(("tz", "expected"), [
+    (":Europe/Rome", "Europe/Rome"),  # glibc's ':' prefix
+    ("/usr/share/zoneinfo/America/New_York", "America/New_York"),
+    ("JST-9", "UTC"),  # a POSIX rule names no zone: UTC rather than a guess
+    ("Not/AZone", "UTC"),
+])
+def test_host_timezone_from_tz(tz: str, expected: str) -> None:
+    assert host_timezone({"TZ": tz}) == expected
+
+
+def test_host_timezone_from_etc_localtime(tmp_path: Path) -> None:
+    link = tmp_path / "localtime"
+    link.symlink_to("/usr/share/zoneinfo/Asia/Kolkata")
+    assert host_timezone({}, localtime=str(link)) == "Asia/Kolkata"
+    plain = tmp_path / "copy" / "localtime"
+    plain.parent.mkdir()
+    plain.write_bytes(b"TZif")  # a copied file names no zone: Debian's /etc/timezone does
+    (plain.parent / "timezone").write_text("Europe/Berlin\n")
+    assert host_timezone({}, localtime=str(plain)) == "Europe/Berlin"
+    (plain.parent / "timezone").unlink()
+    assert host_timezone({}, localtime=str(plain)) == "UTC"
+
+
+def test_eight_oclock_in_tokyo_is_eight_oclock_tokyo_time() -> None:
+    zone = schedule_timezone(None, default_timezone({"TZ": "Asia/Tokyo"}))
+    after = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)  # 21:00 in Tokyo
+    run = next_run("0 8 * * *", after, zone)
+    assert (run.hour, run.utcoffset()) == (8, timedelta(hours=9))
+    assert run.astimezone(UTC) == datetime(2026, 12, 4, 23, 0, tzinfo=UTC)
+
+
+def test_fleet_beat_uses_the_same_rule(tmp_path: Path) -> None:
+    """The beat's entries: a config's ``timezone`` wins over the fleet's zone, which is
+    ``FLIPLET_TIMEZONE`` else the beat host's local time (the settings read it with the shared rule)."""
+    from fliplet_workers.fleet.registry import Registry
+    from fliplet_workers.fleet.schedule import entries_from
+    from fliplet_workers.fleet.settings import FleetSettings
+
+    common = ("auth_token: eu--x\ndatasource_id: 1\ndatabase_driver: sqlite\ndatabase_name: a.db\n"
+              "query: SELECT 1\nfrequency: '0 8 * * *'\n")
+    (tmp_path / "host.yml").write_text(common)
+    (tmp_path / "own.yml").write_text(common + "timezone: Europe/London\n")
+    scan = Registry(str(tmp_path)).scan()
+    assert not scan.invalid
+
+    after = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    for env, host_zone in [({"TZ": "Asia/Tokyo"}, "Asia/Tokyo"),
+                           ({"TZ": "Asia/Tokyo", "FLIPLET_TIMEZONE": "America/New_York"}, "America/New_York")]:
+        settings = FleetSettings.from_env(env)
+        assert settings.timezone == host_zone == schedule_timezone(None, default_timezone(env))
+        entries = entries_from(scan, settings.timezone)
+        host, own = entries["host:0"]["schedule"], entries["own:0"]["schedule"]
+        assert (host.tz, own.tz) == (host_zone, "Europe/London")
+        assert host.next_after(after) == next_run("0 8 * * *", after, host_zone)
+        assert host.next_after(after).hour == 8 and own.next_after(after).utcoffset() == timedelta(0)

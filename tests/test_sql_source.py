@@ -31,7 +31,7 @@ from fliplet_workers.config.model import Database
 from fliplet_workers.errors import SourceConnectError, SourceQueryError
 from fliplet_workers.secrets import Secret
 from fliplet_workers.sources import sql as sql_module
-from fliplet_workers.sources.sql import CONNECT_TIMEOUT, ODBC_DRIVER, SqlSource, connect_args, engine_url
+from fliplet_workers.sources.sql import ODBC_DRIVER, SqlSource, connect_args, engine_url
 
 STREAM_ROWS = 50_000
 PAYLOAD = 200  # characters per streamed row: 50k rows ≈ 10 MB of text, ~25 MB as Python dicts
@@ -165,18 +165,39 @@ class TestEngineUrl:
             SqlSource(db).connect()
         assert_secret_free(connect_info.value, "hunter2hunter2")
 
-    def test_connect_timeouts(self) -> None:
+    def test_timeouts_follow_query_timeout(self) -> None:
         def args(**kw: Any) -> dict[str, Any]:
-            return connect_args(engine_url(Database(host="h", name="d", **kw), "."))
+            return connect_args(engine_url(Database(host="h", name="d", **kw), "."), 7)
 
-        assert args(driver="postgres") == {"connect_timeout": CONNECT_TIMEOUT}
-        assert args(driver="mysql") == {"connect_timeout": CONNECT_TIMEOUT}
-        assert args(driver="mssql") == {"login_timeout": CONNECT_TIMEOUT}
-        assert args(driver="mssql", native_odbc=True) == {"timeout": CONNECT_TIMEOUT}
-        assert args(driver="sqlite") == {"timeout": CONNECT_TIMEOUT}
-        assert CONNECT_TIMEOUT == 15
-        # a timeout the user put in the URL is kept
-        assert connect_args(make_url("postgresql+psycopg2://u@h/d?connect_timeout=3")) == {}
+        assert args(driver="postgres") == {
+            "connect_timeout": 7, "options": "-c statement_timeout=7000", "keepalives": 1,
+            "keepalives_idle": 2, "keepalives_interval": 2, "keepalives_count": 3, "tcp_user_timeout": 7000,
+        }
+        assert args(driver="mysql") == {"connect_timeout": 7, "read_timeout": 7, "write_timeout": 7}
+        assert args(driver="mssql") == {"login_timeout": 7, "timeout": 7}
+        assert args(driver="mssql", native_odbc=True) == {"timeout": 7}
+        assert args(driver="sqlite") == {"timeout": 7.0}
+        # the default is the config's default, 300 s; a fraction rounds up; libpq's minimum is 2
+        assert connect_args(make_url("mysql+pymysql://u@h/d"))["read_timeout"] == 300
+        assert connect_args(make_url("postgresql+psycopg2://u@h/d"), 0.5)["connect_timeout"] == 2
+        assert connect_args(make_url("mssql+pymssql://u@h/d"), 2.5)["timeout"] == 3
+        # a value the user put in the URL is kept
+        assert "connect_timeout" not in connect_args(make_url("postgresql+psycopg2://u@h/d?connect_timeout=3"))
+
+    @pytest.mark.parametrize(("plain", "driver"), [
+        ("postgresql://u:p@h/d", "postgresql+psycopg2"),
+        ("postgres://u:p@h/d", "postgresql+psycopg2"),
+        ("mysql://u:p@h/d", "mysql+pymysql"),
+        ("mariadb://u:p@h/d", "mariadb+pymysql"),
+        ("mssql://u:p@h/d", "mssql+pymssql"),
+        ("postgresql+psycopg://u:p@h/d", "postgresql+psycopg"),  # an explicit driver is kept
+        ("mysql+mysqldb://u:p@h/d", "mysql+mysqldb"),
+        ("sqlite:///x.db", "sqlite"),
+    ])
+    def test_plain_urls_use_the_shipped_drivers(self, plain: str, driver: str) -> None:
+        url = engine_url(Database(driver="postgres", url=Secret(plain)), ".")
+        assert url.drivername == driver
+        url.get_dialect()  # the dialect loads (its driver module is imported only on connect)
 
 
 # ---------------------------------------------------------------------------------------- SQLite
@@ -244,6 +265,21 @@ class TestSqlite:
         conn = sqlite3.connect(tmp_path / "data.db")
         assert conn.execute("SELECT count(*) FROM users WHERE id = 10").fetchone() == (0,)
         conn.close()
+
+    def test_a_lock_held_longer_than_query_timeout_fails_the_statement(self, sqlite_db: tuple[Database, str],
+                                                                       tmp_path: Any) -> None:
+        db, base = sqlite_db
+        holder = sqlite3.connect(tmp_path / "data.db", isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # another writer that never lets go
+        try:
+            with SqlSource(db, base, query_timeout=0.5) as source:
+                started = time.monotonic()
+                with pytest.raises(SourceQueryError, match="database is locked"):
+                    source.execute("UPDATE users SET note = 'x'")
+                assert 0.4 < time.monotonic() - started < 5  # waited for the lock, then gave up
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
 
     def test_missing_file_is_not_created(self, tmp_path: Any) -> None:
         source = SqlSource(Database(driver="sqlite", name="nope.db"), str(tmp_path))
@@ -437,7 +473,7 @@ class TestPostgres:
         started = time.monotonic()
         with pytest.raises(SourceConnectError, match="Connection refused") as info:
             SqlSource(database(pg_tables, port=port)).connect()
-        assert time.monotonic() - started < CONNECT_TIMEOUT
+        assert time.monotonic() - started < 15
         assert f":{port}/" in str(info.value)
         assert_secret_free(info.value, pg_tables.password)
 

@@ -11,6 +11,7 @@ Secrets: read them from the environment, never write them here. They never appea
 """
 
 import os
+import time
 
 config = {
     # Fliplet authorization token from Fliplet Studio (required).
@@ -108,8 +109,11 @@ def setup(agent):
             # "encrypt": {"fields": ["email"]},
             # How many rows and files are processed at once.
             "concurrency": 1,
-            # Called after the sync with {"commits": [...]}.
-            "onSync": lambda result: print(f"{len(result['commits'])} commits"),
+            # Called after the sync. As in the original, result["commits"] is the list of entries
+            # sent ({"id"?, "data"}: inserts have no "id"); result["summary"] has the counts and
+            # result["responses"] the server's answers to the commit requests.
+            "onSync": lambda result: print(f"{len(result['commits'])} entries sent, "
+                                           f"{result['summary']['inserted']} inserted"),
         }
     )
 
@@ -134,7 +138,14 @@ def setup(agent):
         mode="replace",
     )
 
-    # 4. Pull entries not synced yet and write them to the database.
+    # 4. Pull entries not synced yet, write them to the database, then mark each one as synced in
+    #    Fliplet (agent.api calls back to Fliplet with this config's token, as the original's axios).
+    def save_and_mark(entries, db):
+        save_entries(entries, db)
+        for entry in entries:
+            agent.api.request(url=f"v1/data-sources/456/data/{entry['id']}", method="PUT",
+                              data={"syncedAt": int(time.time() * 1000)})
+
     agent.pull(
         {
             "description": "Pulls new contacts",
@@ -142,6 +153,6 @@ def setup(agent):
             "targetDataSourceId": 456,
             "where": {"syncedAt": ""},
             "attributes": ["First name", "Last name"],
-            "action": save_entries,
+            "action": save_and_mark,
         }
     )

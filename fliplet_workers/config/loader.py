@@ -133,6 +133,8 @@ class Report:
     #: YAML only: the source text of scalars, so ``password: 0123`` stays "0123", ``yes`` stays "yes".
     raw: dict[Key, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    #: The problems that are only an unset ``${NAME}``, and each one's NAME (see :class:`NeedsEnvironment`).
+    unset: dict[str, str] = field(default_factory=dict)
 
     def line(self, at: Key) -> int | None:
         """The line of ``at``, or of its nearest ancestor that has one."""
@@ -192,6 +194,7 @@ def substitute_env(value: Any, at: Key, report: Report, environ: Mapping[str, st
                 f"(write '${{{name}:-default}}' to give a default)",
                 at,
             )
+            report.unset[report.problems[-1]] = name
         return BROKEN if missing else result
     if isinstance(value, dict):
         return {k: substitute_env(v, (*at, k), report, env) for k, v in value.items()}
@@ -542,9 +545,14 @@ class Section:
 def read_settings(sec: Section, base_dir: Path) -> dict[str, Any]:
     """Config-level options shared by both formats, as ``Config`` keyword arguments."""
     out: dict[str, Any] = {}
-    token = sec.text("auth_token", required=True, secret=True)
+    token = sec.text("auth_token", secret=True)
     if token is not None:
         out["auth_token"] = token
+    elif sec.raw_value("auth_token") is not BROKEN:  # an unset ${VAR} is reported already
+        # the original's log table: "Auth token is required"; the option and file/line say where
+        empty = " is empty" if sec.given("auth_token") else ""
+        sec.report.add(f"Auth token is required (option '{sec.name('auth_token')}'{empty})",
+                       sec.where("auth_token"), sec.prefix)
     api_url = sec.text("api_url")
     if api_url is not None:
         if re.match(r"^https?://[^/\s]+", api_url):
@@ -942,4 +950,18 @@ def fail_if_problems(path: Path, report: Report) -> None:
             match = prefix.match(problem)
             return int(match.group(1)) if match else 0
 
-        raise ConfigError(str(path), sorted(report.problems, key=line))
+        problems = sorted(report.problems, key=line)
+        if report.unset:
+            raise NeedsEnvironment(str(path), problems, report.unset)
+        raise ConfigError(str(path), problems)
+
+
+class NeedsEnvironment(ConfigError):
+    """A config that uses ``${NAME}`` variables unset in this environment. ``needs`` names them;
+    ``others`` are its other problems: with none, the file is fine where those variables are set
+    (``fliplet-agent status``, run without the workers' secrets, says "needs NAME", not "invalid")."""
+
+    def __init__(self, path: str, problems: list[str], unset: dict[str, str]) -> None:
+        super().__init__(path, problems)
+        self.needs = sorted(set(unset.values()))
+        self.others = [p for p in problems if p not in unset]

@@ -8,17 +8,20 @@ first batches while the source is still being read (see :mod:`.batches` and ``ru
 The decisions are the original agent's (see ``shared/fliplet-api.md``), with deliberate improvements,
 each documented in the README:
 
-* a key of ``0`` is a key (see ``rows.is_missing_key``);
+* keys keep their types exactly: ``0``, ``false`` and text of blanks are keys, ``true`` is not ``1``
+  (see ``rows.normalise_key`` and ``rows.is_missing_key``); an object or list key is an error;
 * an existing entry is updated only if its data differs from the row whenever no timestamp decides
   (no timestamp column, a timestamp that cannot be read), so a re-run with nothing changed sends no
   commit at all;
-* in replace mode a second remote entry with the same key as an earlier one is deleted, so the data
-  source ends up equal to the source.
+* a key held by more than one remote entry is healed in both modes: the oldest entry (lowest id) is
+  kept and the others are deleted (a commit applied twice, an entry added twice by an app), so each
+  key is there once; every deletion of a run is judged by the delete guard (:mod:`.guard`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import difflib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from sys import intern
 from typing import Any
@@ -30,6 +33,7 @@ from fliplet_workers.core.rows import (
     brief,
     gc_paused,
     is_flagged,
+    is_invalid_key,
     is_missing_key,
     normalise_key,
     normalise_row,
@@ -52,36 +56,73 @@ class DiffOptions:
     decode_remote: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
 
+@dataclass(frozen=True)
+class Duplicate:
+    """A key held by several remote entries: ``ids`` in ascending order; the first is kept."""
+
+    key: Any  # as the entry holds it (original case)
+    ids: tuple[int, ...]
+
+    @property
+    def extra(self) -> tuple[int, ...]:
+        return self.ids[1:]
+
+    def warning(self, column: str) -> str:
+        return (f"The data source has {len(self.ids)} entries with the primary key {self.key!r} ({column!r}): "
+                f"entries {', '.join(map(str, self.ids))}. Entry {self.ids[0]} (the oldest) is kept; this run "
+                f"deletes {', '.join(map(str, self.extra))} (within the delete limit).")
+
+
 @dataclass
 class RemoteIndex:
-    """The remote entries by normalised key: ``(entry id, data)`` of the first entry with each key.
+    """The remote entries by normalised key: ``(entry id, data)`` of the oldest entry (lowest id)
+    with each key.
 
-    ``orphans`` are entries no row can match: no key value, or a key already seen (a duplicate).
+    ``orphans`` are entries no row can match: no key value, or an object/list key. ``shared`` holds,
+    for each key that more than one entry has, every one of their ids (see :meth:`duplicates`).
     """
 
     by_key: dict[Key, tuple[int, dict[str, Any]]] = field(default_factory=dict)
     orphans: list[int] = field(default_factory=list)
+    shared: dict[Key, list[int]] = field(default_factory=dict)
     count: int = 0
+
+    def duplicates(self, column: str) -> list[Duplicate]:
+        """The keys held by more than one entry (named as the kept entry's ``column`` holds it)."""
+        return [Duplicate(key=self.by_key[key][1].get(column), ids=tuple(sorted(ids)))
+                for key, ids in self.shared.items()]
+
+    def extra_ids(self) -> list[int]:
+        """Every entry that shares its key with an older one: what healing deletes."""
+        return [i for ids in self.shared.values() for i in sorted(ids)[1:]]
 
 
 def index_remote(entries: Iterable[Mapping[str, Any]], options: DiffOptions) -> RemoteIndex:
     """Index the remote entries as they stream in. Without a primary column only ids are kept."""
     index = RemoteIndex()
     pk = options.primary_column
+    by_key = index.by_key
     with gc_paused():
         for entry in entries:
             index.count += 1
+            entry_id = entry["id"]
             if pk is None:
-                index.orphans.append(entry["id"])
+                index.orphans.append(entry_id)
                 continue
             data = entry.get("data") or {}
-            key = normalise_key(data.get(pk), options.case_insensitive)
-            if is_missing_key(key) or not _hashable(key) or key in index.by_key:
-                index.orphans.append(entry["id"])
-            else:
-                # A streaming parser makes new column-name strings for every entry: share them, which
-                # keeps a million 5-column entries ~250 MB smaller.
-                index.by_key[key] = (entry["id"], {intern(name): value for name, value in data.items()})
+            raw = data.get(pk)
+            if is_missing_key(raw) or is_invalid_key(raw):
+                index.orphans.append(entry_id)
+                continue
+            key = normalise_key(raw, options.case_insensitive)
+            kept = by_key.get(key)
+            if kept is not None:
+                index.shared.setdefault(key, [kept[0]]).append(entry_id)
+                if kept[0] < entry_id:
+                    continue  # the older entry stays the one rows are matched with
+            # A streaming parser makes new column-name strings for every entry: share them, which
+            # keeps a million 5-column entries ~250 MB smaller.
+            by_key[key] = (entry_id, {intern(name): value for name, value in data.items()})
     return index
 
 
@@ -104,23 +145,34 @@ class Tally:
     unchanged: int = 0
     absent_deleted: int = 0  # rows flagged deleted locally that are not on Fliplet either
     remote: int = 0
+    rows: int = 0  # source rows read
     skips: list[Skip] = field(default_factory=list)
+    #: Deletions planned but not sent (the delete guard refused them, or every row was skipped), and
+    #: the most the guard allowed (-1: no limit; see :mod:`.guard`).
+    withheld: int = 0
+    delete_allowed: int = -1
+    delete_default: bool = True  # the default guard decided (no ``delete_limit`` option)
 
     @property
     def is_empty(self) -> bool:
         return not (self.insert or self.update or self.delete)
 
     def counts(self) -> dict[str, int]:
+        """Every number of the plan, as plain ints (the fleet stages them in Redis; a run's failures
+        are derived from them by :func:`.guard.plan_failures`)."""
         return {"insert": self.insert, "update": self.update, "delete": self.delete,
-                "unchanged": self.unchanged, "skipped": len(self.skips), "remote": self.remote}
+                "unchanged": self.unchanged, "skipped": len(self.skips), "remote": self.remote,
+                "rows": self.rows, "withheld": self.withheld, "delete_allowed": self.delete_allowed,
+                "delete_default": int(self.delete_default)}
 
 
 class Planner:
     """Judges source rows one at a time against a :class:`RemoteIndex`.
 
     ``add(row)`` returns the change the row calls for (or None); ``finish()`` returns the deletes that
-    only the end of the source can tell (replace mode: entries no row matched). ``tally`` counts
-    everything, including skipped rows with the reason (missing or duplicate key).
+    only the end of the source can tell (entries sharing a key with an older one; in replace mode
+    also the entries no row matched). ``tally`` counts everything, including skipped rows with the
+    reason (missing, duplicate or invalid key).
     """
 
     def __init__(self, remote: RemoteIndex, options: DiffOptions, note: Note | None = None) -> None:
@@ -134,6 +186,7 @@ class Planner:
 
     def add(self, source_row: Mapping[str, Any]) -> Change | None:
         self.number += 1
+        self.tally.rows = self.number
         options = self.options
         data = normalise_row(source_row)
         deleted = is_flagged(data.get(options.delete_column)) if options.delete_column else False
@@ -152,8 +205,13 @@ class Planner:
             self.tally.skips.append(Skip("missing_key", "A row is missing its primary key value from the "
                                          f"database. Skipping: (row {self.number}) {brief(data)}"))
             return None
-        key = raw.lower() if options.case_insensitive and type(raw) is str else raw
-        if not _hashable(key) or key in self.seen:
+        if is_invalid_key(raw):
+            kind = "an object" if isinstance(raw, dict) else "a list"
+            self.tally.skips.append(Skip("invalid_key", f"Row {self.number} has {kind} as its primary key value "
+                                         f"({pk!r}), which cannot identify a row. Skipping: {brief(data)}"))
+            return None
+        key = normalise_key(raw, options.case_insensitive)
+        if key in self.seen:
             self.tally.skips.append(Skip("duplicate_key", f"Row {self.number} has the same primary key {raw!r} "
                                          f"as an earlier row ({pk!r}). Skipping: {brief(data)}"))
             return None
@@ -210,12 +268,14 @@ class Planner:
         return None
 
     def finish(self) -> list[int]:
-        """The deletes known only at the end: in replace mode, every entry no row matched."""
-        if self.options.mode != "replace":
-            return []
-        seen = self.seen
-        deletes = [entry_id for key, (entry_id, _) in self.remote.by_key.items() if key not in seen]
-        deletes.extend(self.remote.orphans)
+        """The deletes known only at the end: in replace mode every entry no row matched; in both
+        modes every entry that shares its key with an older one (healing duplicates)."""
+        deletes: list[int] = []
+        if self.options.mode == "replace":
+            seen = self.seen
+            deletes = [entry_id for key, (entry_id, _) in self.remote.by_key.items() if key not in seen]
+            deletes.extend(self.remote.orphans)
+        deletes.extend(self.remote.extra_ids())
         self.tally.delete += len(deletes)
         return deletes
 
@@ -306,8 +366,51 @@ def _looks_like_time(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _hashable(key: Any) -> bool:
-    return not isinstance(key, (dict, list))
+@dataclass(frozen=True)
+class ColumnCheck:
+    """What the first source row's columns say about the options that name a column."""
+
+    error: str | None = None  # the primary column is not there: nothing may be sent
+    warnings: tuple[str, ...] = ()
+
+
+def check_columns(columns: Sequence[str], options: DiffOptions, where: str = "the query's result") -> ColumnCheck:
+    """Check ``primary_column``, ``timestamp_column`` and ``delete_column`` against the columns of
+    the result (``where`` names it for the message).
+
+    Why before the first write: a misspelt key column makes every row keyless, which in replace mode
+    turns every entry into an orphan to delete. Column names match exactly (as the rows are read:
+    ``case_insensitive_primary_column`` is about the key's values, not the column's name).
+    """
+    names = [str(c) for c in columns]
+    present = set(names)
+    shown = ", ".join(names[:40]) + (f", … ({len(names)} columns)" if len(names) > 40 else "")
+
+    def problem(option: str, column: str) -> str:
+        hint = _did_you_mean(column, names)
+        return (f"{option} {column!r} is not a column of {where} (columns: {shown or 'none'})"
+                + (f"; did you mean {hint!r}?" if hint else "."))
+
+    error = None
+    if options.primary_column is not None and options.primary_column not in present:
+        error = problem("primary_column", options.primary_column)
+    warnings = []
+    if options.timestamp_column is not None and options.timestamp_column not in present:
+        warnings.append(problem("timestamp_column", options.timestamp_column)
+                        + " Rows are compared by their content instead.")
+    if options.delete_column is not None and options.delete_column not in present:
+        warnings.append(problem("delete_column", options.delete_column)
+                        + " No entry will be deleted through it.")
+    return ColumnCheck(error, tuple(warnings))
+
+
+def _did_you_mean(column: str, names: Sequence[str]) -> str | None:
+    """The column the user most likely meant: same name in another case, else the closest name."""
+    folded = {n.lower(): n for n in names}
+    if column.lower() in folded:
+        return folded[column.lower()]
+    close = difflib.get_close_matches(column.lower(), list(folded), n=1, cutoff=0.6)
+    return folded[close[0]] if close else None
 
 
 def _silent(_: str) -> None:

@@ -19,12 +19,14 @@ import datetime as dt
 import gc
 import math
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-Key = Any  # a normalised primary key: str (lower-cased when case-insensitive), int, float…
+#: A normalised primary key: text (lower-cased when case-insensitive), a number, or ``(bool, value)``
+#: for ``true``/``false`` (see :func:`normalise_key`).
+Key = Hashable
 
 _UTC = dt.UTC
 
@@ -79,15 +81,34 @@ def normalise_row(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def normalise_key(value: Any, case_insensitive: bool) -> Key:
-    """The key used to match a row with an entry. Types are kept ("2" is not 2), as in the original."""
-    if case_insensitive and isinstance(value, str):
-        return value.lower()
+    """The key used to match a row with an entry: types are kept exactly, as in the original.
+
+    "2" is not 2, and ``true`` is not 1: Python hashes ``True == 1`` (and ``False == 0``), so a boolean
+    key is tagged with its type; a text, whole or fractional number is its own key (JavaScript has one
+    number type, so ``1`` and ``1.0`` are the same key, as in Fliplet). Text is lower-cased when the
+    match is case-insensitive. Callers check :func:`is_invalid_key` first (dicts and lists are
+    unhashable).
+    """
+    if type(value) is str:
+        return value.lower() if case_insensitive else value
+    if type(value) is bool:
+        return (bool, value)
     return value
 
 
 def is_missing_key(value: Any) -> bool:
-    """A key is missing when null, ``false`` or empty text. Unlike the original, ``0`` is a valid key."""
-    return value is None or value is False or (type(value) is str and not value.strip())
+    """A key is missing only when null or empty text.
+
+    Unlike the original (JavaScript truthiness), ``0``, ``false`` and text of blanks are keys: they are
+    values a source can hold, and skipping them would leave those rows out of every sync.
+    """
+    return value is None or (type(value) is str and not value)
+
+
+def is_invalid_key(value: Any) -> bool:
+    """A key that cannot identify a row: an object or a list (JSON columns), which has no identity
+    to compare and cannot be looked up."""
+    return isinstance(value, (dict, list))
 
 
 def is_flagged(value: Any) -> bool:
@@ -141,7 +162,7 @@ class LocalRow:
 class Skip:
     """A row that will not be sent, and why (shown to the user, counted in the summary)."""
 
-    reason: str  # "missing_key" | "duplicate_key"
+    reason: str  # "missing_key" | "duplicate_key" | "invalid_key"
     message: str
 
 

@@ -20,6 +20,7 @@ from fliplet_workers.fleet.settings import FleetSettings, current
 from fliplet_workers.logs import RedactFilter
 
 SCHEDULER = "fliplet_workers.fleet.schedule:ConfigScheduler"
+RECOVER_ENTRY = "fliplet-recover"
 
 log = logging.getLogger("fliplet_workers.fleet")
 
@@ -46,7 +47,11 @@ def celery_config(settings: FleetSettings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # A lost broker connection (a Redis restart) must not kill the running steps: they finish, and
+        # their messages, which cannot be acknowledged any more, come back as harmless duplicates (every
+        # step is idempotent). Killing them cost a lease + settle wait each, and their rejected
+        # messages were lost ("reject requeue=False"); the recovery sweep covers whatever is lost.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "task_soft_time_limit": settings.task_soft_time_limit,
         "task_time_limit": settings.task_time_limit,
         # Flower: events for every task, arguments and results kept with the result.
@@ -55,6 +60,13 @@ def celery_config(settings: FleetSettings) -> dict[str, Any]:
         "result_extended": True,
         "result_expires": int(settings.run_ttl),
         "beat_scheduler": SCHEDULER,
+        # The recovery sweep (see fleet/recovery.py): the leading beat sends it; a sweep nobody ran
+        # before the next one is due is useless.
+        "beat_schedule": {RECOVER_ENTRY: {"task": "fliplet.recover", "schedule": settings.recover_interval,
+                                          "options": {"expires": settings.recover_interval}}},
+        # Ride out a short broker outage (a Redis restart) when sending a task instead of failing.
+        "task_publish_retry_policy": {"max_retries": 20, "interval_start": 0.2, "interval_step": 0.5,
+                                      "interval_max": 2},
         "beat_max_loop_interval": settings.beat_max_interval,
     }
 
@@ -80,5 +92,7 @@ def _redact_handlers(logger: logging.Logger | None = None, **_: Any) -> None:
 
 after_setup_logger.connect(_redact_handlers, weak=False)
 after_setup_task_logger.connect(_redact_handlers, weak=False)
+
+import fliplet_workers.fleet.names  # noqa: E402, F401 - warns at worker start if its name is taken
 
 app = create_app()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import redis
 
 from fliplet_workers.fleet import keys
-from fliplet_workers.fleet.locks import RunLock
+from fliplet_workers.fleet.locks import Lock, RunLock
 from fliplet_workers.fleet.registry import Registry
 from fliplet_workers.fleet.settings import FleetSettings, connect
 from fliplet_workers.fleet.staging import RunStore
@@ -34,7 +34,11 @@ class Fleet:
                        keys.current(config, operation), self.settings.run_ttl_s)
 
     def store(self, run_id: str) -> RunStore:
-        return RunStore(self.redis, run_id, self.settings.run_ttl_s)
+        return RunStore(self.redis, run_id, self.settings.run_ttl_s, self.settings.lease_ttl_ms)
+
+    def planner(self, run_id: str) -> Lock:
+        """The planning task's heartbeat: held (and renewed) while a task plans the run."""
+        return Lock(self.redis, keys.planner(run_id), int(self.settings.planner_ttl * 1000))
 
     def batch_state(self, run_id: str, number: int) -> BatchState:
         return BatchState(self.redis, run_id, number, self.settings.run_ttl_s, self.settings.lease_ttl_ms)
@@ -42,7 +46,7 @@ class Fleet:
     @property
     def renew_every(self) -> float:
         """How often long steps renew their locks: well within the shortest time to live."""
-        return max(0.2, min(self.settings.lock_ttl, self.settings.lease_ttl) / 3)
+        return max(0.2, min(self.settings.lock_ttl, self.settings.lease_ttl, self.settings.planner_ttl) / 3)
 
 
 @functools.cache

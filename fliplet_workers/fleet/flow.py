@@ -22,6 +22,7 @@ what a redelivered task (late acks) does after its worker died.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -33,8 +34,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import redis
 
-from fliplet_workers import extensions, files
+from fliplet_workers import encryption, extensions, files
 from fliplet_workers.config import Config
 from fliplet_workers.core.batches import Batch
 from fliplet_workers.core.retry import CommitOutcome
@@ -43,8 +45,8 @@ from fliplet_workers.errors import AgentError, ConfigError
 from fliplet_workers.fleet import history
 from fliplet_workers.fleet import keys as fleet_keys
 from fliplet_workers.fleet.context import Fleet
-from fliplet_workers.fleet.locks import kept_alive
-from fliplet_workers.fleet.staging import PLANNING, RunMeta
+from fliplet_workers.fleet.locks import Lock, kept_alive
+from fliplet_workers.fleet.staging import PLANNING, RunMeta, mark_active
 from fliplet_workers.fleet.state import BatchState, outcome_from_dict, outcomes
 from fliplet_workers.fliplet.client import FlipletClient
 from fliplet_workers.logs import OperationLog, for_config
@@ -55,6 +57,7 @@ from fliplet_workers.run import (
     commit_batch,
     connect_client,
     connect_database,
+    fail_plan,
     finish,
     run_operation,
     stream_push,
@@ -91,6 +94,7 @@ class Committed:
     result: dict[str, Any]
     finalize: bool = False
     retry_in: float | None = None
+    ended: dict[str, Any] | None = None  # the summary of a run this step ended as lost
 
 
 _local = threading.local()
@@ -136,7 +140,13 @@ def start(fleet: Fleet, run_id: str, config_name: object, operation: object = 0,
         return Started(head | {"ok": False, "errors": [error.log_text()]})
     name, log = config.name, for_config(config.name)
     lock = fleet.run_lock(name, index)
+    if fleet.redis.exists(fleet_keys.lost(run_id)):  # recovery ended this run as failed: it stays ended
+        log.warning(f"Run {run_id} was ended as failed by the recovery sweep: this delivery does nothing.")
+        return Started({"run_id": run_id, "config": name, "operation": index, "skipped": True,
+                        "reason": "the run was ended as failed by the recovery sweep"})
     meta = fleet.store(run_id).meta()
+    if meta is not None and meta.summary is not None:  # the run ended: report it, never retake its lock
+        return Started(meta.summary)
     if meta is not None:  # this very task ran before, on a worker that died: carry on
         if not lock.carry_on(run_id):
             return Started(_superseded(run_id, name, index, lock.holder() or lock.latest(), log))
@@ -146,10 +156,18 @@ def start(fleet: Fleet, run_id: str, config_name: object, operation: object = 0,
         log.info(f"Operation {index + 1} is already running (run {holder}): this trigger is skipped.")
         return Started({"run_id": run_id, "config": name, "operation": index, "skipped": True,
                         "reason": f"run {holder} is in progress"})
+    planner, owner = fleet.planner(run_id), _owner()
+    if not planner.acquire(owner):  # a copy of this task (sent again by recovery) plans it already
+        return Started({"run_id": run_id, "config": name, "operation": index, "waiting": 0,
+                        "note": "another task is planning this run"})
     started = time.time()
+    mark_active(fleet.redis, run_id, name, index, started)
     try:
-        with kept_alive([lambda: lock.renew(run_id)], fleet.renew_every, "operation lock"):
-            return _plan(fleet, run_id, config, index, dry_run, started, log, send)
+        with kept_alive([lambda: lock.renew(run_id), lambda: planner.renew(owner)], fleet.renew_every,
+                        "operation lock") as lost:
+            return _plan(fleet, run_id, config, index, dry_run, started, log, send, lost=lost)
+    except PlanningStopped as stop:
+        return Started(_stopped(fleet, run_id, name, index, started, stop, log))
     except AgentError as error:
         log.critical(redact(error.log_text()))
         failed = RunSummary(config=name, operation=index, ok=False, errors=[redact(error.log_text())])
@@ -159,6 +177,38 @@ def start(fleet: Fleet, run_id: str, config_name: object, operation: object = 0,
         log.critical(text)
         _finish_inline(fleet, run_id, RunSummary(config=name, operation=index, ok=False, errors=[text]), started)
         raise FleetError(text) from None
+    finally:
+        _release(planner, owner)
+
+
+class PlanningStopped(Exception):
+    """The planner lost its heartbeat or the run's lock (another task took over, or Redis lost the
+    run's state): it must not stage or send anything more."""
+
+
+def _owner() -> str:
+    return f"{worker_label()}:{uuid.uuid4().hex[:8]}"
+
+
+def _release(lock: Lock, owner: str) -> None:
+    with contextlib.suppress(redis.RedisError):  # it expires anyway
+        lock.release(owner)
+
+
+def _stopped(fleet: Fleet, run_id: str, name: str, index: int, started: float, stop: PlanningStopped,
+             log: OperationLog) -> dict[str, Any]:
+    """A planner that lost its heartbeat: if the run's state is gone from Redis the run failed (say
+    so); otherwise another task carries the run on and this one just stops."""
+    raw = fleet.redis.hgetall(fleet_keys.run(run_id))
+    if raw.get("config"):
+        log.warning(f"Run {run_id}: this planner stops, another task carries the run on ({stop}).")
+        return {"run_id": run_id, "config": name, "operation": index, "waiting": 0, "note": str(stop)}
+    text = (f"Run {run_id}: its state in Redis vanished while it was being planned (Redis restarted without "
+            "persistence, or the data was removed); the rows it staged may be lost. The next run sends what is "
+            "missing.")
+    log.critical(text)
+    fleet.redis.delete(fleet_keys.run(run_id))
+    return _finish_inline(fleet, run_id, RunSummary(config=name, operation=index, ok=False, errors=[text]), started)
 
 
 def _superseded(run_id: str, name: str, index: int, other: str | None, log: OperationLog) -> dict[str, Any]:
@@ -180,9 +230,10 @@ def operation_index(config: Config, operation: object) -> int:
 
 
 def _plan(fleet: Fleet, run_id: str, config: Config, index: int, dry_run: bool, started: float,
-          log: OperationLog, send: Dispatch, first_batch: int = 1) -> Started:
+          log: OperationLog, send: Dispatch, first_batch: int = 1, lost: threading.Event | None = None) -> Started:
     """Plan the run, staging and dispatching each batch the moment it is cut: the first commits
-    start while the source is still being read. ``first_batch`` > 1 continues a resumed run."""
+    start while the source is still being read. ``first_batch`` > 1 continues a resumed run.
+    ``lost`` is set when the planner's heartbeat or lock was taken: it then stops at once."""
     op = config.operations[index]
     log.info(f"Running operation {index + 1} of {len(config.operations)}: {op.label}")
     client = connect_client(config, log)
@@ -203,10 +254,12 @@ def _plan(fleet: Fleet, run_id: str, config: Config, index: int, dry_run: bool, 
 
         def stage_and_send(batch: Batch) -> None:
             nonlocal last
+            if lost is not None and lost.is_set():
+                raise PlanningStopped("the planner's heartbeat or the operation lock was lost")
             count = len(files.file_jobs(batch, op)) if op.files else 0
             if count:
                 jobs[batch.number] = count
-            store.add_batch(batch, jobs)
+            store.add_batch(staged_form(run, batch), jobs)
             send(run_id, batch.number, count, config.name, index)
             last = batch.number
 
@@ -222,7 +275,11 @@ def _plan(fleet: Fleet, run_id: str, config: Config, index: int, dry_run: bool, 
             summary.seconds = round(time.time() - started, 3)
             finish(run, summary)
             return Started(_finish_inline(fleet, run_id, summary, started))
+        if lost is not None and lost.is_set():
+            raise PlanningStopped("the planner's heartbeat or the operation lock was lost")
         counts = tally.counts()
+        if first_batch > 1:  # rows the first planner sent look unchanged to this one: count them once
+            counts["unchanged"] = max(0, counts.get("unchanged", 0) - _sent_before(fleet, run_id, first_batch - 1))
         store.close(last, counts)
         log.info(f"Run {run_id}: {last} batch(es) handed over to the workers.")
         # A commit that ended before the close could not know it was the last: check here (both may
@@ -236,11 +293,42 @@ def _plan(fleet: Fleet, run_id: str, config: Config, index: int, dry_run: bool, 
             db.close()
 
 
+def staged_form(run: OperationRun, batch: Batch) -> Batch:
+    """The batch as it is staged in Redis: with ``encrypt.fields`` already encrypted (file columns
+    excepted: their value is a file name until the upload step rewrites it; the commit step encrypts
+    those), so that no plaintext of an encrypted field reaches Redis or its AOF."""
+    enc = run.op.encrypt
+    if enc is None:
+        return batch
+    file_columns = {f.column for f in run.op.files}
+    fields = [f for f in enc.fields if f not in file_columns]
+    key = encryption.key_for(run)
+    if not fields or key is None:
+        return batch
+    return encryption.encrypt_batch(batch, fields, key)
+
+
+def _file_fields(op: Any) -> list[str]:
+    """The encrypted fields that are also file columns: encrypted by the commit step."""
+    if op.encrypt is None:
+        return []
+    file_columns = {f.column for f in op.files}
+    return [f for f in op.encrypt.fields if f in file_columns]
+
+
+def _sent_before(fleet: Fleet, run_id: str, count: int) -> int:
+    """Rows inserted or updated by batches 1..count (those a resumed planner finds unchanged)."""
+    return sum(int(o.get("inserted") or 0) + int(o.get("updated") or 0)
+               for o in outcomes(fleet.redis, run_id, count) if o is not None)
+
+
 def _resume(fleet: Fleet, meta: RunMeta, config: Config, send: Dispatch, log: OperationLog) -> Started:
     """The sync task of this run was delivered again: its worker died. Pick up where it stopped."""
     head = {"run_id": meta.run_id, "config": meta.config, "operation": meta.operation}
     if meta.summary is not None:
         return Started(meta.summary)
+    if meta.state == PLANNING and fleet.planner(meta.run_id).holder() is not None:
+        return Started(head | {"waiting": 0, "note": "another task is planning this run"})
     known = meta.batches if meta.state != PLANNING else meta.staged
     pending = [n for n, o in enumerate(outcomes(fleet.redis, meta.run_id, known), start=1) if o is None]
     if meta.state != PLANNING:
@@ -259,9 +347,20 @@ def _resume(fleet: Fleet, meta: RunMeta, config: Config, send: Dispatch, log: Op
             for number in pending:
                 send(meta.run_id, number, meta.file_jobs.get(number, 0), meta.config, meta.operation)
         return Started(head | {"waiting": len(pending)}, retry_in=2.0)
+    planner, owner = fleet.planner(meta.run_id), _owner()
+    if not planner.acquire(owner):
+        return Started(head | {"waiting": 0, "note": "another task is planning this run"})
     log.warning(f"Run {meta.run_id} was interrupted while planning: planning the rest after batch {meta.staged}.")
-    return _plan(fleet, meta.run_id, config, meta.operation, False, meta.started, log, send,
-                 first_batch=meta.staged + 1)
+    lock = fleet.run_lock(meta.config, meta.operation)
+    try:
+        with kept_alive([lambda: lock.renew(meta.run_id), lambda: planner.renew(owner)], fleet.renew_every,
+                        "operation lock") as lost:
+            return _plan(fleet, meta.run_id, config, meta.operation, False, meta.started, log, send,
+                         first_batch=meta.staged + 1, lost=lost)
+    except PlanningStopped as stop:
+        return Started(_stopped(fleet, meta.run_id, meta.config, meta.operation, meta.started, stop, log))
+    finally:
+        _release(planner, owner)
 
 
 def _no_dispatch(run_id: str, number: int, file_jobs: int, config: str, operation: int) -> None:
@@ -279,9 +378,13 @@ def commit(fleet: Fleet, run_id: str, number: int, config_name: str, operation: 
     meta = store.meta()
     if meta is None:
         log.error(f"Run {run_id}: its staged data is gone (expired or removed); batch {number} is not sent.")
-        return Committed(head | {"sent": False, "reason": "the run's staged data is gone"})
+        ended = end_lost(fleet, run_id, config_name, operation, _vanished(run_id))
+        return Committed(head | {"sent": False, "reason": "the run's staged data is gone"}, ended=ended)
     state = fleet.batch_state(run_id, number)
     outcome = state.outcome()
+    if outcome is None and meta.summary is not None:  # ended without it (given up): never retake its lock
+        log.warning(f"Run {run_id} has ended: batch {number} is not sent; the next run covers its rows.")
+        return Committed(head | {"sent": False, "reason": "the run has ended"})
     if outcome is None:
         lock = fleet.run_lock(meta.config, meta.operation)
         if not lock.carry_on(run_id):
@@ -305,6 +408,10 @@ def commit(fleet: Fleet, run_id: str, number: int, config_name: str, operation: 
             finally:
                 lease.release(owner)
     added, count = store.mark_done(number)
+    store.drop_batch(number)  # its rows are not kept in Redis a moment longer than needed
+    if not fleet.redis.exists(fleet_keys.run(run_id)):  # Redis lost the run meanwhile (restart, no AOF)
+        ended = end_lost(fleet, run_id, config_name, operation, _vanished(run_id))
+        return Committed(head | _brief(outcome), ended=ended)
     # Normally the commit that completes the set sends finalize; a redelivered one sends it again if
     # its first delivery died before doing so (finalize is idempotent). The batch count is read after
     # marking: while the planner is still cutting batches there is no last one yet (it checks itself
@@ -336,13 +443,21 @@ def _send(fleet: Fleet, meta: RunMeta, number: int, state: BatchState, log: Oper
         try:
             if run.op.files:
                 batch, file_errors = _apply_uploads(fleet, run, meta.run_id, batch)
-            if run.op.encrypt is not None:
-                run.prepare = lambda part: extensions.encrypt_only(run, part)
+            late = _file_fields(run.op)  # the planner staged every other encrypted field encrypted
+            if late:
+                key = encryption.key_for(run)
+                run.prepare = (lambda part: encryption.encrypt_batch(part, late, key)) if key else None
             unknown = state.begin(worker_label())  # before anything is sent: a death from here is "unknown"
             if unknown:
                 log.warning(f"Batch {number}: an earlier attempt stopped without an answer (its worker died?); "
                             "checking the data source before sending it again.")
-            outcome = commit_batch(run, batch, start_unknown=unknown, on_attempt=state.attempt)
+            # The lease was free: the earlier attempt's worker stopped renewing it at least (ttl - renewal
+            # period) ago, so its last request is at least that old: the settle wait counts from then.
+            quiet = max(0.0, fleet.settings.lease_ttl - fleet.renew_every) if unknown else 0.0
+            outcome = commit_batch(run, batch, start_unknown=unknown, on_attempt=state.attempt,
+                                   clock=_dated_back(quiet))
+            if run.op.on_sync is not None:  # onSync runs in finalize: keep its entries with the outcome
+                outcome.applied_entries = run.committed_entries
         finally:
             extensions.detach(run)
     except AgentError as error:
@@ -353,6 +468,21 @@ def _send(fleet: Fleet, meta: RunMeta, number: int, state: BatchState, log: Oper
         log.error(text)
         outcome = CommitOutcome(committed=False, errors=[text])
     return state.finish(outcome, file_errors=file_errors)
+
+
+def _dated_back(seconds: float) -> Callable[[], float]:
+    """A monotonic clock whose first reading is ``seconds`` in the past: ``commit_with_retries`` takes
+    that first reading as the moment the earlier attempt's outcome became unknown; every later
+    reading (a new timeout in this step) is the true time, so those get the full settle wait."""
+    first = [True]
+
+    def clock() -> float:
+        if first[0]:
+            first[0] = False
+            return time.monotonic() - seconds
+        return time.monotonic()
+
+    return clock
 
 
 def _brief(outcome: dict[str, Any]) -> dict[str, Any]:
@@ -421,29 +551,55 @@ def finalize(fleet: Fleet, run_id: str, config_name: str, operation: int, owner:
                 "note": "another finalize step is writing this run's summary"}
     summary = RunSummary(config=meta.config, operation=meta.operation, batches=meta.batches,
                          unchanged=meta.plan.get("unchanged", 0), skipped=meta.plan.get("skipped", 0))
+    applied: list[dict[str, Any]] = []  # for onSync: the entries each batch's commit step kept
     for number, outcome in enumerate(outcomes(fleet.redis, run_id, meta.batches), start=1):
         if outcome is None:
             summary.ok = False
             summary.errors.append(f"Batch {number}: no outcome was recorded.")
         else:
             add_outcome(summary, outcome_from_dict(outcome))
+            applied.extend(outcome.get("applied_entries") or [])
             summary.file_errors += int(outcome.get("file_errors") or 0)
+    fail_plan(summary, meta.plan, rows_listed=False)  # deletions held back by the guard, rows skipped
+    if meta.errors:  # recorded by the recovery sweep (a planner that kept dying)
+        summary.ok = False
+        summary.errors.extend(meta.errors)
     summary.seconds = round(time.time() - meta.started, 3)
     log = for_config(meta.config)
     try:
         config = fleet.registry.load(meta.config)
         client = connect_client(config)
-        try:
-            finish(OperationRun(config=config, index=meta.operation, client=client, log=log), summary)
-        finally:
-            client.close()
+        # an onSync may take a while: keep the claim, or recovery would send a second finalize
+        with kept_alive([lambda: store.finalizing.renew(owner)], fleet.renew_every, "finalize claim"):
+            try:
+                finish(OperationRun(config=config, index=meta.operation, client=client, log=log,
+                                    committed_entries=applied), summary)
+            finally:
+                client.close()
     except ConfigError:  # the file changed or vanished meanwhile: log the end all the same
         for error in summary.errors:
             log.critical(f"Cannot sync data to Fliplet servers: {error}")
         log.info(f"Sync finished. {summary.affected} data source entries have been affected.")
     result = _record(fleet, run_id, summary)
     store.drop_batches(meta.batches)
+    fleet.redis.delete(fleet_keys.sent(run_id), fleet_keys.planner(run_id), fleet_keys.resume(run_id))
     return result
+
+
+def _vanished(run_id: str) -> str:
+    return (f"Run {run_id}: its state in Redis vanished before it ended (Redis restarted without persistence, "
+            "or the data expired or was removed); its rows may be partly sent. The next run sends what is "
+            "missing.")
+
+
+def end_lost(fleet: Fleet, run_id: str, config: str, operation: int, reason: str) -> dict[str, Any] | None:
+    """End a run whose state is gone as failed, saying why: once (the first caller records it), with
+    its summary in the history and the operation lock released. None if it was recorded already."""
+    if not fleet.redis.set(fleet_keys.lost(run_id), 1, nx=True, ex=fleet.settings.run_ttl_s):
+        return None
+    for_config(config).critical(f"Cannot sync data to Fliplet servers: {reason}")
+    summary = RunSummary(config=config, operation=operation, ok=False, errors=[reason])
+    return _finish_inline(fleet, run_id, summary, time.time())
 
 
 def _finish_inline(fleet: Fleet, run_id: str, summary: RunSummary, started: float) -> dict[str, Any]:

@@ -11,21 +11,33 @@ key                                        type    what it holds
 ``fleet:beat:leader``                      string  id of the beat that may send (PX ttl, renewed)
 ``fleet:run:<id>``                         hash    run metadata: config, operation, started, batches,
                                                    plan counts, state, summary once finalized
-``fleet:run:<id>:batch:<n>``               string  the staged batch (orjson of ``Batch.to_dict``)
+``fleet:run:<id>:batch:<n>``               string  the staged batch, encrypted fields encrypted (orjson of
+                                                   ``Batch.to_dict``); deleted once the batch has an outcome
 ``fleet:run:<id>:batch:<n>:state``         hash    attempts, last_error, inflight, worker, outcome
 ``fleet:run:<id>:batch:<n>:lease``         string  worker committing the batch now (PX ttl, renewed)
 ``fleet:run:<id>:batch:<n>:file:<i>``      string  result of file upload job ``i`` of the batch
 ``fleet:run:<id>:done``                    set     batch numbers whose outcome is recorded
 ``fleet:last:<config>:<op>``               list    last run summaries, newest first (capped)
+``fleet:active``                           hash    run id → config, operation, since: runs not ended
+``fleet:run:<id>:planner``                 string  the planning task's heartbeat (PX ttl, renewed)
+``fleet:run:<id>:sent``                    hash    batch number → when its task was last sent;
+                                                   ``<n>:count`` → how often recovery re-sent it
+``fleet:run:<id>:finalizing``              string  the finalize step writing the summary (PX ttl)
+``fleet:run:<id>:resume``                  string  recovery sent a resumed planner (EX ttl)
+``fleet:run:<id>:lost``                    string  the run was recorded as lost (once)
+``fleet:recover``                          string  the recovery sweep running now (PX ttl)
 =========================================  ======  ====================================================
 
-Everything under ``fleet:run:<id>`` expires (``FLIPLET_RUN_TTL``); finalize deletes the staged batches.
+Everything under ``fleet:run:<id>`` expires (``FLIPLET_RUN_TTL``); a batch's rows are deleted as soon as it
+has an outcome (finalize deletes any left).
 """
 
 from __future__ import annotations
 
 PREFIX = "fleet"
 BEAT_LEADER = f"{PREFIX}:beat:leader"
+ACTIVE = f"{PREFIX}:active"
+RECOVER = f"{PREFIX}:recover"
 
 
 def lock(config: str, operation: int) -> str:
@@ -62,3 +74,23 @@ def done(run_id: str) -> str:
 
 def last(config: str, operation: int) -> str:
     return f"{PREFIX}:last:{config}:{operation}"
+
+
+def planner(run_id: str) -> str:
+    return f"{PREFIX}:run:{run_id}:planner"
+
+
+def sent(run_id: str) -> str:
+    return f"{PREFIX}:run:{run_id}:sent"
+
+
+def finalizing(run_id: str) -> str:
+    return f"{PREFIX}:run:{run_id}:finalizing"
+
+
+def resume(run_id: str) -> str:
+    return f"{PREFIX}:run:{run_id}:resume"
+
+
+def lost(run_id: str) -> str:
+    return f"{PREFIX}:run:{run_id}:lost"

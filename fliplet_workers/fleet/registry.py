@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from fliplet_workers.config import Config, load_config
+from fliplet_workers.config.loader import NeedsEnvironment
 from fliplet_workers.errors import ConfigError
 from fliplet_workers.secrets import redact
 
@@ -33,6 +34,8 @@ class ConfigFile:
     path: str
     config: Config | None = None
     problems: tuple[str, ...] = ()
+    #: ``${NAME}`` variables unset here (and nothing else wrong): fine where they are set.
+    needs: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -59,7 +62,18 @@ class Scan:
 
     @property
     def invalid(self) -> list[ConfigFile]:
+        """Every file that cannot be loaded here (beat skips them all)."""
         return [f for f in self.files if not f.ok]
+
+    @property
+    def needing_env(self) -> list[ConfigFile]:
+        """Files whose only problem is a ``${NAME}`` unset in this environment."""
+        return [f for f in self.files if not f.ok and f.needs]
+
+    @property
+    def broken(self) -> list[ConfigFile]:
+        """Files that are wrong whatever the environment (``invalid`` minus ``needing_env``)."""
+        return [f for f in self.files if not f.ok and not f.needs]
 
 
 @dataclass
@@ -148,6 +162,9 @@ class Registry:
             return ConfigFile(stem, path, problems=(f"'{entries[0]}' leads outside the config directory",))
         try:
             return ConfigFile(stem, path, config=self._load_path(path))
+        except NeedsEnvironment as error:
+            return ConfigFile(stem, path, problems=tuple(error.problems),
+                              needs=() if error.others else tuple(error.needs))
         except ConfigError as error:
             return ConfigFile(stem, path, problems=tuple(error.problems) or (error.message,))
 

@@ -8,8 +8,9 @@
   or removed: no restart;
 * skips a config that fails validation, with a log line naming its first problem (``fliplet-agent
   status`` lists it too), and schedules all the others;
-* evaluates each cron expression in ``FLIPLET_TIMEZONE`` with the same code as the foreground agent
-  (:mod:`fliplet_workers.schedule`), so both read ``frequency`` alike;
+* evaluates each cron expression in the config's ``timezone``, else ``FLIPLET_TIMEZONE``, else the
+  beat host's local time, with the same rule and code as the foreground agent
+  (:func:`fliplet_workers.schedule.schedule_timezone`), so both read ``frequency`` alike;
 * sends nothing unless it holds the Redis leadership lock ``fleet:beat:leader`` (renewed on every
   tick, released on shutdown): a second beat started by mistake stands by and takes over within
   ``FLIPLET_BEAT_LEADER_TTL`` seconds if the leader dies. Even then a run never happens twice at once:
@@ -36,7 +37,7 @@ from fliplet_workers.fleet import keys
 from fliplet_workers.fleet.context import Fleet, current
 from fliplet_workers.fleet.locks import Lock
 from fliplet_workers.fleet.registry import Scan
-from fliplet_workers.schedule import next_run
+from fliplet_workers.schedule import next_run, schedule_timezone
 
 log = logging.getLogger("fliplet_workers.fleet.beat")
 
@@ -84,14 +85,16 @@ class CronSchedule(BaseSchedule):
 
 
 def entries_from(scan: Scan, tz: str) -> dict[str, dict[str, Any]]:
-    """``{entry name: entry fields}`` for every scheduled operation of every valid config."""
+    """``{entry name: entry fields}`` for every scheduled operation of every valid config; ``tz`` is
+    the fleet's zone (settings), which a config's own ``timezone`` overrides."""
     out: dict[str, dict[str, Any]] = {}
     for found in scan.valid:
         assert found.config is not None
+        zone = schedule_timezone(found.config.timezone, tz)
         for index, op in enumerate(found.config.operations):
             if not op.frequency:
                 continue
-            schedule = CronSchedule(op.frequency, tz)
+            schedule = CronSchedule(op.frequency, zone)
             out[f"{found.name}:{index}"] = {
                 "task": SYNC_TASK, "schedule": schedule, "args": (found.name, index),
                 # a trigger still queued when the next one is due is useless (the next one covers it)
@@ -120,6 +123,7 @@ class ConfigScheduler(Scheduler):
 
     def setup_schedule(self) -> None:
         self.install_default_entries(self.data)
+        self.merge_inplace(self.app.conf.beat_schedule)  # the recovery sweep (fleet/app.py)
         self.rescan(force=True)
 
     def rescan(self, force: bool = False) -> bool:

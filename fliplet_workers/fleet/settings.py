@@ -11,7 +11,8 @@ FLIPLET_BROKER_URL              redis://127.0.0.1:6379/0    Celery broker
 FLIPLET_RESULT_BACKEND          the broker URL              Celery result backend
 FLIPLET_REDIS_URL               the broker URL              locks, staged runs, retry state, history
 FLIPLET_CONFIG_DIR              ./configs                   directory of config files
-FLIPLET_TIMEZONE                UTC                         time zone of the cron ``frequency``
+FLIPLET_TIMEZONE                the host's local time       time zone of ``frequency`` (a config's own
+                                                            ``timezone`` option wins)
 FLIPLET_RUN_TTL                 86400                       seconds a run's staged data is kept
 FLIPLET_LOCK_TTL                900                         seconds an operation lock lives unrenewed
 FLIPLET_LEASE_TTL               60                          seconds a batch lease lives unrenewed
@@ -23,6 +24,10 @@ FLIPLET_SCHEDULE_RESCAN         30                          seconds between conf
 FLIPLET_BEAT_MAX_INTERVAL       5                           longest beat sleep between ticks
 FLIPLET_BEAT_LEADER_TTL         30                          seconds a dead beat keeps the leadership
 FLIPLET_HISTORY                 20                          run summaries kept per operation
+FLIPLET_RECOVER_INTERVAL        15                          seconds between recovery sweeps (beat)
+FLIPLET_RECOVER_GRACE           30                          a batch task unseen this long is sent again
+FLIPLET_RECOVER_ATTEMPTS        5                           recoveries of a batch before it is failed
+FLIPLET_PLANNER_TTL             30                          seconds a dead planner looks alive
 ==============================  ==========================  ===========================================
 """
 
@@ -61,6 +66,8 @@ class FleetSettings:
     result_backend: str = DEFAULT_BROKER
     redis_url: str = DEFAULT_BROKER
     config_dir: str = "configs"
+    #: ``FLIPLET_TIMEZONE``, else the host's local time; a config's ``timezone`` overrides it
+    #: (:func:`fliplet_workers.schedule.schedule_timezone`, the foreground agent's rule too).
     timezone: str = "UTC"
     run_ttl: float = 86400.0
     lock_ttl: float = 900.0
@@ -73,12 +80,18 @@ class FleetSettings:
     beat_max_interval: float = 5.0
     leader_ttl: float = 30.0
     history: int = 20
+    recover_interval: float = 15.0
+    recover_grace: float = 30.0
+    recover_attempts: int = 5
+    planner_ttl: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> FleetSettings:
         env = os.environ if env is None else env
         broker = env.get("FLIPLET_BROKER_URL") or DEFAULT_BROKER
-        timezone = env.get("FLIPLET_TIMEZONE") or "UTC"
+        from fliplet_workers.schedule import default_timezone
+
+        timezone = default_timezone(env)
         _check_zone(timezone)
         soft = _number(env, "FLIPLET_TASK_SOFT_TIME_LIMIT", 1800.0, 1)
         hard = _number(env, "FLIPLET_TASK_TIME_LIMIT", max(2100.0, soft + 60), 1)
@@ -101,6 +114,10 @@ class FleetSettings:
             beat_max_interval=_number(env, "FLIPLET_BEAT_MAX_INTERVAL", 5.0, 0.1),
             leader_ttl=_number(env, "FLIPLET_BEAT_LEADER_TTL", 30.0, 1),
             history=int(_number(env, "FLIPLET_HISTORY", 20, 1)),
+            recover_interval=_number(env, "FLIPLET_RECOVER_INTERVAL", 15.0, 0.5),
+            recover_grace=_number(env, "FLIPLET_RECOVER_GRACE", 30.0, 1),
+            recover_attempts=int(_number(env, "FLIPLET_RECOVER_ATTEMPTS", 5, 1)),
+            planner_ttl=_number(env, "FLIPLET_PLANNER_TTL", 30.0, 1),
         )
 
     @property

@@ -13,6 +13,7 @@ died) adds its number once.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,11 +22,15 @@ import redis
 
 from fliplet_workers.core.batches import Batch
 from fliplet_workers.fleet import keys
+from fliplet_workers.fleet.locks import Lock
 
-# KEYS[1] = done set, ARGV[1] = batch number, ARGV[2] = ttl s → {added, count}
+# KEYS[1] = done set, KEYS[2] = sent hash, ARGV[1] = batch number, ARGV[2] = ttl s, ARGV[3] = now
+# → {added, count}
 _MARK_DONE = """
 local added = redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[2], 'last_done', ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
 return {added, redis.call('SCARD', KEYS[1])}
 """
 
@@ -44,6 +49,7 @@ class RunMeta:
     plan: dict[str, int] = field(default_factory=dict)
     file_jobs: dict[int, int] = field(default_factory=dict)
     summary: dict[str, Any] | None = None
+    errors: list[str] = field(default_factory=list)  # why recovery ended the run early
 
     @classmethod
     def from_hash(cls, run_id: str, raw: dict[str, str]) -> RunMeta:
@@ -58,7 +64,25 @@ class RunMeta:
             plan={k: int(v) for k, v in orjson.loads(raw.get("plan", "{}")).items()},
             file_jobs={int(k): int(v) for k, v in orjson.loads(raw.get("file_jobs", "{}")).items()},
             summary=orjson.loads(raw["summary"]) if raw.get("summary") else None,
+            errors=list(orjson.loads(raw["errors"])) if raw.get("errors") else [],
         )
+
+
+def mark_active(client: redis.Redis | redis.client.Pipeline, run_id: str, config: str, operation: int,
+                since: float) -> None:
+    """List the run in ``fleet:active`` (what the recovery sweep looks at) until it ends."""
+    client.hset(keys.ACTIVE, run_id, orjson.dumps({"config": config, "operation": operation, "since": since}))
+
+
+def active(client: redis.Redis) -> dict[str, dict[str, Any]]:
+    """Every run that has not ended: run id → {config, operation, since}."""
+    out: dict[str, dict[str, Any]] = {}
+    for run_id, raw in client.hgetall(keys.ACTIVE).items():
+        try:
+            out[str(run_id)] = dict(orjson.loads(raw))
+        except orjson.JSONDecodeError:
+            client.hdel(keys.ACTIVE, run_id)
+    return out
 
 
 @dataclass
@@ -66,6 +90,7 @@ class RunStore:
     client: redis.Redis
     run_id: str
     ttl: int
+    lease_ttl_ms: int = 60000
 
     @property
     def key(self) -> str:
@@ -88,6 +113,8 @@ class RunStore:
         with self.client.pipeline(transaction=True) as pipe:
             pipe.set(keys.batch(self.run_id, batch.number), orjson.dumps(batch.to_dict()), ex=self.ttl)
             pipe.hset(self.key, "staged", batch.number)
+            pipe.hset(keys.sent(self.run_id), str(batch.number), f"{time.time():.3f}")
+            pipe.expire(keys.sent(self.run_id), self.ttl)
             if batch.number in file_jobs:
                 pipe.hset(self.key, "file_jobs", orjson.dumps({str(n): c for n, c in file_jobs.items()}))
             pipe.execute()
@@ -96,6 +123,14 @@ class RunStore:
         """Every batch is staged and dispatched: from now on the last one to finish ends the run."""
         self.client.hset(self.key, mapping={"batches": batches, "staged": batches, "state": DISPATCHED,
                                             "plan": orjson.dumps(plan)})
+
+    def end_planning(self, staged: int, error: str) -> None:
+        """Recovery gives up on a planner that keeps dying: the run ends with the batches it staged,
+        and ``error`` in its summary."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(self.key, mapping={"batches": staged, "staged": staged, "state": DISPATCHED,
+                                         "errors": orjson.dumps([error])})
+            pipe.execute()
 
     def done_count(self) -> int:
         return int(self.client.scard(keys.done(self.run_id)))
@@ -118,18 +153,49 @@ class RunStore:
 
     def mark_done(self, number: int) -> tuple[bool, int]:
         """Record that batch ``number`` has an outcome: (whether this call added it, how many have)."""
-        added, count = self.client.eval(_MARK_DONE, 1, keys.done(self.run_id), number, self.ttl)
+        added, count = self.client.eval(_MARK_DONE, 2, keys.done(self.run_id), keys.sent(self.run_id), number,
+                                        self.ttl, f"{time.time():.3f}")
         return bool(added), int(count)
+
+    @property
+    def finalizing(self) -> Lock:
+        """Held by the finalize step writing the summary; it lapses if that step dies (recovery then
+        sends another one)."""
+        return Lock(self.client, keys.finalizing(self.run_id), self.lease_ttl_ms)
 
     def claim_finalize(self, owner: str) -> bool:
         """True for the one finalize step allowed to write the summary (or for its redelivery)."""
-        if self.client.hsetnx(self.key, "finalized_by", owner):
-            return True
-        return self.client.hget(self.key, "finalized_by") == owner
+        return self.finalizing.claim(owner)
+
+    def sent_at(self) -> dict[str, float]:
+        """Batch number (as text) → when its task was last sent; ``<n>:count`` → re-sends."""
+        return {str(k): float(v) for k, v in self.client.hgetall(keys.sent(self.run_id)).items()}
+
+    def mark_sent(self, numbers: list[int], what: str = "") -> None:
+        """Recovery sent the tasks of ``numbers`` again (``what``: a field prefix, e.g. ``finalize``)."""
+        if not numbers and not what:
+            return
+        now = f"{time.time():.3f}"
+        with self.client.pipeline(transaction=True) as pipe:
+            for number in numbers:
+                pipe.hset(keys.sent(self.run_id), str(number), now)
+                pipe.hincrby(keys.sent(self.run_id), f"{number}:count", 1)
+            if what:
+                pipe.hset(keys.sent(self.run_id), what, now)
+                pipe.hincrby(keys.sent(self.run_id), f"{what}:count", 1)
+            pipe.expire(keys.sent(self.run_id), self.ttl)
+            pipe.execute()
+
+    def drop_batch(self, number: int) -> None:
+        """The batch has an outcome: its rows are not needed any more (its file results, URLs and
+        media ids only, stay until the run expires)."""
+        self.client.delete(keys.batch(self.run_id, number))
 
     def save_summary(self, summary: dict[str, Any], pipe: redis.client.Pipeline | None = None) -> None:
-        """Mark the run finalized with its summary (queued on ``pipe`` when given)."""
-        (pipe or self.client).hset(self.key, mapping={"state": FINALIZED, "summary": orjson.dumps(summary)})
+        """Mark the run finalized with its summary, and no longer active (queued on ``pipe`` when given)."""
+        target = pipe or self.client
+        target.hset(self.key, mapping={"state": FINALIZED, "summary": orjson.dumps(summary)})
+        target.hdel(keys.ACTIVE, self.run_id)
 
     def drop_batches(self, count: int) -> None:
         """The rows are no longer needed once the run is finalized (the rest expires with the run)."""

@@ -1,12 +1,19 @@
-"""``fliplet-agent status``: what the fleet would run, when, how the last runs went, and what is broken.
+"""``fliplet-agent status``: what the fleet would run, when, how the last runs went, what is broken,
+which workers answer and how many tasks wait.
 
 It reads the config directory itself (the same scan as beat) and Redis for the rest; with Redis out
 of reach it still lists configs, schedules and invalid files, and says that the run history is
-unknown. Exit code: 0, or 2 if a config is invalid, or 1 if Redis cannot be reached.
+unknown. It needs none of the configs' secrets: a config whose ``${NAME}`` is unset here is listed
+as "needs NAME" (it is valid where the workers run with that variable), not as invalid.
+
+Exit code (the first that applies): 2 if a setting or a config is invalid (or the directory cannot
+be read), 1 if Redis cannot be reached, 3 if the last run of an operation failed, else 0.
+``--json`` prints the same facts as one JSON document (``exit_code`` included).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -17,76 +24,192 @@ import redis
 
 from fliplet_workers.fleet import history, keys
 from fliplet_workers.fleet.locks import Lock
-from fliplet_workers.fleet.registry import Registry
+from fliplet_workers.fleet.registry import ConfigFile, Registry, Scan
 from fliplet_workers.fleet.settings import FleetSettings, SettingsError, connect, describe_url
-from fliplet_workers.schedule import next_run
+from fliplet_workers.schedule import next_run, schedule_timezone
+
+INVALID, UNREACHABLE, LAST_RUN_FAILED = 2, 1, 3
+QUEUE = "celery"
 
 
 def print_status(config_dir: str | None = None, *, out: TextIO | None = None,
-                 settings: FleetSettings | None = None, now: Callable[[], datetime] | None = None) -> int:
+                 settings: FleetSettings | None = None, now: Callable[[], datetime] | None = None,
+                 as_json: bool = False, ping_timeout: float = 1.0) -> int:
     out = out or sys.stdout
     try:
         settings = settings or FleetSettings.from_env()
     except SettingsError as error:
-        print(f"Invalid fleet setting: {error}", file=out)
-        return 2
+        if as_json:
+            print(json.dumps({"error": f"Invalid fleet setting: {error}", "exit_code": INVALID}), file=out)
+        else:
+            print(f"Invalid fleet setting: {error}", file=out)
+        return INVALID
     if config_dir:
         settings = replace(settings, config_dir=config_dir)
-    moment = (now or (lambda: datetime.now(UTC)))()
+    report = collect(settings, (now or (lambda: datetime.now(UTC)))(), ping_timeout)
+    if as_json:
+        print(json.dumps(report, indent=2, default=str), file=out)
+    else:
+        render(report, out)
+    return int(report["exit_code"])
+
+
+# ------------------------------------------------------------------------------------ the facts
+
+
+def collect(settings: FleetSettings, moment: datetime, ping_timeout: float = 1.0) -> dict[str, Any]:
+    """Everything ``status`` shows, as plain data (what ``--json`` prints)."""
     scan = Registry(settings.config_dir).scan()
     client: redis.Redis | None = connect(settings.redis_url)
-    redis_problem = None
+    problem = None
     try:
         assert client is not None
         client.ping()
     except redis.RedisError as error:
-        redis_problem = f"Redis at {describe_url(settings.redis_url)} is not reachable ({error}): last runs unknown."
+        problem = f"Redis at {describe_url(settings.redis_url)} is not reachable ({error}): last runs unknown."
         client = None
+    report: dict[str, Any] = {
+        "config_dir": settings.config_dir,
+        "timezone": settings.timezone,
+        "directory_error": scan.error,
+        "redis": {"url": describe_url(settings.redis_url), "reachable": client is not None, "error": problem},
+        "beat_leader": Lock(client, keys.BEAT_LEADER, 0).holder() if client is not None else None,
+        "workers": _workers(settings, ping_timeout) if client is not None else None,
+        "queue": _queue(settings) if client is not None else None,
+        "configs": [_config(found, settings, moment, client) for found in scan.files],
+    }
+    report["exit_code"] = _exit_code(scan, report, client is not None)
+    return report
 
-    print(f"Config directory: {settings.config_dir}  (time zone {settings.timezone})", file=out)
-    if scan.error:
-        print(f"  {scan.error}", file=out)
-    if client is not None:
-        leader = Lock(client, keys.BEAT_LEADER, 0).holder()
+
+def _config(found: ConfigFile, settings: FleetSettings, moment: datetime, client: redis.Redis | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": found.name, "path": found.path}
+    if found.config is None:
+        entry.update(state="needs_env" if found.needs else "invalid", needs=list(found.needs),
+                     problems=list(found.problems), operations=[])
+        return entry
+    entry.update(state="ok", needs=[], problems=[], operations=[])
+    zone = schedule_timezone(found.config.timezone, settings.timezone)  # the beat's rule
+    for index, op in enumerate(found.config.operations):
+        item: dict[str, Any] = {"index": index, "label": op.label, "frequency": op.frequency,
+                                "next_run": (next_run(op.frequency, moment, zone).isoformat()
+                                             if op.frequency else None)}
+        if client is not None:
+            item["running"] = Lock(client, keys.lock(found.name, index), 0).holder()
+            item["last_runs"] = history.last(client, found.name, index, 3)
+        entry["operations"].append(item)
+    return entry
+
+
+def _workers(settings: FleetSettings, timeout: float) -> list[str] | None:
+    """The workers that answer a ping (None if the broker cannot be asked)."""
+    from fliplet_workers.fleet.app import create_app
+
+    app = create_app(settings)
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1)
+            replies = app.control.ping(timeout=timeout, connection=conn) or []
+    except Exception:  # the broker is down or refuses: shown as unknown
+        return None
+    finally:
+        app.close()
+    return sorted(name for reply in replies for name in reply)
+
+
+def _queue(settings: FleetSettings) -> dict[str, int] | None:
+    """Tasks waiting in the broker's queue, and those delivered but not yet acknowledged."""
+    try:
+        broker = connect(settings.broker_url)
+        return {"waiting": int(broker.llen(QUEUE)), "unacked": int(broker.hlen("unacked"))}
+    except redis.RedisError:
+        return None
+
+
+def _last_failed(report: dict[str, Any]) -> list[str]:
+    out = []
+    for config in report["configs"]:
+        for op in config["operations"]:
+            runs = [r for r in op.get("last_runs") or [] if r.get("skipped") is not True]
+            if runs and not runs[0].get("ok", not runs[0].get("errors")):
+                out.append(f"{config['name']} operation {op['index']}")
+    return out
+
+
+def _exit_code(scan: Scan, report: dict[str, Any], reachable: bool) -> int:
+    if scan.broken or scan.error:
+        return INVALID
+    if not reachable:
+        return UNREACHABLE
+    return LAST_RUN_FAILED if _last_failed(report) else 0
+
+
+# ------------------------------------------------------------------------------------ the text
+
+
+def render(report: dict[str, Any], out: TextIO) -> None:
+    print(f"Config directory: {report['config_dir']}  (time zone {report['timezone']})", file=out)
+    if report["directory_error"]:
+        print(f"  {report['directory_error']}", file=out)
+    if report["redis"]["reachable"]:
+        leader = report["beat_leader"]
         print(f"Beat leader: {leader}" if leader else "Beat leader: none (no beat is running)", file=out)
+        workers = report["workers"]
+        if workers is None:
+            print("Workers: unknown (the broker did not answer)", file=out)
+        else:
+            print(f"Workers answering: {len(workers)}" + (f" ({', '.join(workers)})" if workers else ""), file=out)
+        queue = report["queue"]
+        if queue is not None:
+            print(f"Queue: {queue['waiting']} task(s) waiting, {queue['unacked']} delivered and not yet acknowledged",
+                  file=out)
     else:
-        print(redis_problem, file=out)
+        print(report["redis"]["error"], file=out)
     print("", file=out)
-    for found in scan.valid:
-        assert found.config is not None
-        for index, op in enumerate(found.config.operations):
-            print(_operation_line(found.name, index, op.label, op.frequency, settings.timezone, moment), file=out)
-            if client is not None:
-                for line in _runtime_lines(client, found.name, index):
+    valid = [c for c in report["configs"] if c["state"] == "ok"]
+    for config in valid:
+        for op in config["operations"]:
+            print(_operation_line(config["name"], op), file=out)
+            if report["redis"]["reachable"]:
+                for line in _runtime_lines(op):
                     print(f"    {line}", file=out)
-    if not scan.valid:
+    if not valid:
         print("No valid config.", file=out)
-    if scan.invalid:
+    waiting = [c for c in report["configs"] if c["state"] == "needs_env"]
+    if waiting:
         print("", file=out)
-        print(f"Invalid configs ({len(scan.invalid)}), not scheduled:", file=out)
-        for bad in scan.invalid:
-            more = f" (+{len(bad.problems) - 1} more problem(s))" if len(bad.problems) > 1 else ""
-            print(f"  {bad.name}: {bad.problem}{more}", file=out)
-    if scan.invalid or scan.error:
-        return 2
-    return 1 if client is None else 0
+        print(f"Configs that need environment variables not set here ({len(waiting)}; fine where they are set):",
+              file=out)
+        for config in waiting:
+            print(f"  {config['name']}: needs {', '.join(config['needs'])}", file=out)
+    invalid = [c for c in report["configs"] if c["state"] == "invalid"]
+    if invalid:
+        print("", file=out)
+        print(f"Invalid configs ({len(invalid)}), not scheduled:", file=out)
+        for config in invalid:
+            problems = config["problems"]
+            more = f" (+{len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+            print(f"  {config['name']}: {problems[0] if problems else ''}{more}", file=out)
+    failed = _last_failed(report)
+    if failed:
+        print("", file=out)
+        print(f"Last run failed: {', '.join(failed)}", file=out)
 
 
-def _operation_line(name: str, index: int, label: str, frequency: str | None, tz: str, moment: datetime) -> str:
-    if frequency:
-        when = next_run(frequency, moment, tz).strftime("%Y-%m-%d %H:%M %Z")
-        schedule = f"'{frequency}', next run {when}"
+def _operation_line(name: str, op: dict[str, Any]) -> str:
+    if op["frequency"]:
+        when = datetime.fromisoformat(op["next_run"]).strftime("%Y-%m-%d %H:%M %Z")
+        schedule = f"'{op['frequency']}', next run {when}"
     else:
         schedule = "no frequency (ad-hoc runs only)"
-    return f"{name} operation {index} ({label}): {schedule}"
+    return f"{name} operation {op['index']} ({op['label']}): {schedule}"
 
 
-def _runtime_lines(client: redis.Redis, name: str, index: int) -> list[str]:
+def _runtime_lines(op: dict[str, Any]) -> list[str]:
     lines = []
-    holder = Lock(client, keys.lock(name, index), 0).holder()
-    if holder:
-        lines.append(f"running now: run {holder}")
-    last = history.last(client, name, index, 3)
+    if op.get("running"):
+        lines.append(f"running now: run {op['running']}")
+    last = op.get("last_runs") or []
     if not last:
         lines.append("no run recorded yet")
     for summary in last:

@@ -114,7 +114,8 @@ class FlipletClient:
             raise ApiError(f"The connection to {self.base_url} was lost: {_reason(error)}",
                            outcome_unknown=True) from None
         except requests.exceptions.Timeout:
-            raise ApiError(f"No answer from {self.base_url} within {timeout or self.timeout:g} seconds",
+            hint = "" if timeout else " (option 'timeout')"
+            raise ApiError(f"No answer from {self.base_url} within {timeout or self.timeout:g} seconds{hint}",
                            outcome_unknown=True) from None
         except requests.exceptions.RequestException as error:
             raise ApiError(redact(str(error)), outcome_unknown=True) from None
@@ -180,6 +181,27 @@ class FlipletClient:
             entries = self.query(datasource_id, {"where": {column: {"$in": chunk}}, "attributes": [column]})
             found.extend((e.get("data") or {}).get(column) for e in entries)
         return found
+
+    def find_applied_updates(self, datasource_id: int, column: str, updates: list[dict[str, Any]]) -> list[Any]:
+        """The ids of ``updates`` (``{"id", "data"}``) whose entry already holds every value sent, looked
+        up by their ``column`` value (to confirm an unanswered commit's updates instead of re-sending)."""
+        by_key: dict[Any, list[dict[str, Any]]] = {}
+        for update in updates:
+            key = (update.get("data") or {}).get(column)
+            if key is not None and not isinstance(key, (dict, list)):
+                by_key.setdefault(key, []).append(update)
+        applied: list[Any] = []
+        keys = list(by_key)
+        for start in range(0, len(keys), 1000):
+            chunk = keys[start:start + 1000]
+            remote = {e.get("id"): e.get("data") or {}
+                      for e in self.query(datasource_id, {"where": {column: {"$in": chunk}}})}
+            for key in chunk:
+                for update in by_key[key]:
+                    held = remote.get(update["id"])
+                    if held is not None and all(k in held and held[k] == v for k, v in update["data"].items()):
+                        applied.append(update["id"])
+        return applied
 
     def organizations(self) -> list[dict[str, Any]]:
         return list(self.json("GET", "v1/organizations").get("organizations") or [])

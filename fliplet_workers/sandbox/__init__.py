@@ -1,7 +1,9 @@
 """A local Fliplet-compatible HTTP server, for offline runs (``fliplet-agent sandbox``) and tests.
 
-``SandboxServer`` serves the Fliplet REST endpoints the agent uses, plus token-less ``/_sandbox/*``
-endpoints to inspect state and inject faults; ``Store`` is its in-memory (optionally persisted) data.
+``SandboxServer`` serves the Fliplet REST endpoints the agent and apps use, an HTML page of the data
+behind a token login, and ``/_sandbox/*`` endpoints (the sandbox's own token only) to inspect state
+and inject faults; ``Store`` is its in-memory (optionally persisted) data. It refuses foreign
+``Host`` and ``Origin`` headers, so that a web page cannot reach it from a desktop's browser.
 """
 
 from fliplet_workers.sandbox.server import DEFAULT_PORT, Faults, SandboxServer, serve_forever

@@ -446,18 +446,72 @@ class Store:
             return affected
 
     def put_entry(self, token: str, ds_id: int, data: Any) -> Entry:
-        """``PUT v1/data-sources/:id/data``: insert one entry whose data is the body."""
-        if not isinstance(data, dict):
-            raise bad_request("The body must be a JSON object")
+        """``PUT v1/data-sources/:id/data``: insert one entry whose data is the body (flat columns)."""
         with self._lock:
             self._source(token, ds_id)
-            stamp = now_iso()
-            entry_id = self._take("entry")
-            entry = {"id": entry_id, "dataSourceId": ds_id, "data": data, "createdAt": stamp,
-                     "updatedAt": stamp}
-            self._entries[ds_id][entry_id] = entry
+            if not isinstance(data, dict):
+                raise bad_request("The body must be a JSON object of column values")
+            return self._insert(ds_id, data, now_iso())
+
+    def _insert(self, ds_id: int, data: dict[str, Any], stamp: str) -> Entry:
+        entry_id = self._take("entry")
+        entry = {"id": entry_id, "dataSourceId": ds_id, "data": data, "createdAt": stamp, "updatedAt": stamp}
+        self._entries[ds_id][entry_id] = entry
+        self._dirty = True
+        return entry
+
+    def _entry(self, token: str, ds_id: int, entry_id: int) -> Entry:
+        """The entry, after the 401/404/403 checks of its data source; 404 when it is not there."""
+        self._source(token, ds_id)
+        entry = self._entries[ds_id].get(entry_id)
+        if entry is None:
+            raise SandboxError(404, f"Entry {entry_id} not found in data source {ds_id}")
+        return entry
+
+    def get_entry(self, token: str, ds_id: int, entry_id: int) -> Entry:
+        """``GET v1/data-sources/:id/data/:entryId``: the entry itself (not wrapped), as Fliplet answers."""
+        with self._lock:
+            return self._entry(token, ds_id, entry_id)
+
+    def update_entry(self, token: str, ds_id: int, entry_id: int, data: Any) -> Entry:
+        """``PUT v1/data-sources/:id/data/:entryId``: merge the given columns into the entry's data.
+
+        Fliplet's single-entry update is a shallow merge (columns not sent are kept, ``null`` is a
+        value), which is what the original's pull example relies on when it sends only ``syncedAt``.
+        """
+        with self._lock:
+            old = self._entry(token, ds_id, entry_id)
+            if not isinstance(data, dict):
+                raise bad_request("The body must be a JSON object of the columns to change")
+            entry = {**old, "data": {**old["data"], **data}, "updatedAt": now_iso()}
+            self._entries[ds_id][entry_id] = entry  # a new dict: snapshots taken earlier stay as they were
             self._dirty = True
             return entry
+
+    def delete_entry(self, token: str, ds_id: int, entry_id: int) -> Entry:
+        """``DELETE v1/data-sources/:id/data/:entryId``: remove one entry; returns what was removed."""
+        with self._lock:
+            entry = self._entry(token, ds_id, entry_id)
+            del self._entries[ds_id][entry_id]
+            self._dirty = True
+            return entry
+
+    def import_entries(self, token: str, ds_id: int, body: Any, append: bool) -> list[Entry]:
+        """``POST v1/data-sources/:id/data``: Fliplet's bulk import (``append(...)`` / ``replaceWith(...)``
+        in its JS API). ``entries`` is a list of flat column objects; without ``append`` (in the body or
+        the query string) every existing entry is replaced, as Fliplet does. Validated before anything
+        changes, so a 400 changes nothing."""
+        with self._lock:
+            self._source(token, ds_id)
+            if not isinstance(body, dict):
+                raise bad_request('The body must be a JSON object: {"entries": [{...}, ...], "append"?: true}')
+            items = body.get("entries", [])
+            if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+                raise bad_request("entries must be a list of objects of column values")
+            if not append and not bool(body.get("append", False)):
+                self._entries[ds_id] = {}
+            stamp = now_iso()
+            return [self._insert(ds_id, item, stamp) for item in items]
 
     def query(self, token: str, ds_id: int, body: Any) -> list[Entry]:
         """``POST .../data/query``: ``where`` on data columns, ``attributes``, ``offset``, ``limit``.
@@ -540,12 +594,15 @@ class Store:
             self._dirty = True
             return self._public_file(record, base_url)
 
-    def file_content(self, file_id: int, name: str) -> tuple[str, bytes]:
-        """(content type, bytes) of an uploaded file; 404 unless both id and name match."""
+    def file_content(self, token: str, file_id: int, name: str) -> tuple[str, bytes]:
+        """(content type, bytes) of an uploaded file, for a token of a member of the file's
+        organization (401/403 otherwise); 404 unless both id and name match."""
         with self._lock:
+            self._user(token)
             record = self._files.get(file_id)
             if record is None or record["name"] != name or file_id not in self._blobs:
                 raise SandboxError(404, "File not found")
+            self._check_org(token, record["organizationId"])
             return record["contentType"], self._blobs[file_id]
 
     # ---------------------------------------------------------------------------------- state
@@ -563,11 +620,15 @@ class Store:
                 "media": {"folders": len(self._folders), "files": len(self._files)},
             }
 
-    def preview(self, limit: int) -> list[tuple[dict[str, Any], int, list[Entry]]]:
-        """(data source, entry count, first ``limit`` entries) for every data source."""
+    def preview(self, token: str, limit: int) -> list[tuple[dict[str, Any], int, list[Entry]]]:
+        """(data source, entry count, first ``limit`` entries) for every data source ``token`` may read
+        (the HTML page shows a user only what the API would give them)."""
         with self._lock:
+            self._user(token)
             out = []
             for ds_id, s in self._sources.items():
+                if token not in self._access[ds_id]:
+                    continue
                 table = self._entries[ds_id]
                 first: list[Entry] = []
                 for entry in table.values():

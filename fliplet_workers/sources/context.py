@@ -32,7 +32,8 @@ def open_database(config: Config) -> Any:
         return None
     from fliplet_workers.sources.sql import SqlSource
 
-    source = SqlSource(config.database, base_dir=os.path.dirname(os.path.abspath(config.path)))
+    source = SqlSource(config.database, base_dir=os.path.dirname(os.path.abspath(config.path)),
+                       query_timeout=config.query_timeout)
     source.connect()
     return source
 

@@ -11,6 +11,14 @@ Queries without parameters go to the driver verbatim, as the original agent send
 ``'::'`` or ``':name'`` in literals are safe); queries with a ``params`` mapping use SQLAlchemy's
 ``:name`` placeholders.
 
+Plain ``database_url`` schemes get the shipped drivers (:func:`with_shipped_driver`): ``postgresql://``
+and ``postgres://`` → psycopg2, ``mysql://`` and ``mariadb://`` → PyMySQL, ``mssql://`` → pymssql.
+
+Every wait on the database is bounded by ``query_timeout`` (:func:`connect_args`: connect, statement
+and read timeouts, TCP keepalives; for PostgreSQL also :class:`_Watchdog`, since a frozen server
+answers none of the server-side limits). An expired one is a :class:`SourceQueryError` (or
+:class:`SourceConnectError` while connecting) saying so.
+
 Errors: a failed connection raises :class:`SourceConnectError`, a failed query
 :class:`SourceQueryError`, each carrying the database's own reason with every password redacted and
 no chained driver exception (whose text or arguments could hold secrets).
@@ -27,8 +35,12 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 import re
+import socket
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote, quote_plus
@@ -46,12 +58,27 @@ T = TypeVar("T")
 
 #: Rows fetched per round trip while streaming.
 STREAM_BATCH = 1000
-#: Seconds to wait for a connection (and login) before giving up, for every driver.
-CONNECT_TIMEOUT = 15
+#: Seconds to wait for a connection, a statement or a fetch when the caller gives no ``query_timeout``
+#: (the config's default is the same).
+DEFAULT_QUERY_TIMEOUT = 300.0
+#: Seconds the client-side watchdog waits beyond ``query_timeout`` before it drops a PostgreSQL
+#: connection: a server that still answers reports its own ``statement_timeout`` first.
+WATCHDOG_GRACE = 2.0
 #: The ODBC driver named in ``mssql+pyodbc`` URLs built from parts (``database_native_odbc``).
 ODBC_DRIVER = "ODBC Driver 18 for SQL Server"
 
 _DIALECTS = {"postgres": "postgresql+psycopg2", "mysql": "mysql+pymysql"}
+
+#: Plain ``database_url`` schemes and the shipped driver each one means. SQLAlchemy's own defaults
+#: (psycopg2 for PostgreSQL but MySQLdb for MySQL, and no ``postgres`` at all) would need drivers the
+#: package does not install; an explicit ``+driver`` is always kept.
+_PLAIN_SCHEMES = {
+    "postgresql": "postgresql+psycopg2",
+    "postgres": "postgresql+psycopg2",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mariadb+pymysql",
+    "mssql": "mssql+pymssql",
+}
 
 #: pip package to install when a driver module is missing.
 _DRIVER_PACKAGES = {
@@ -63,19 +90,9 @@ _DRIVER_PACKAGES = {
     "pyodbc": "pyodbc",
 }
 
-#: The driver keyword for the connect timeout, by (backend, driver). SQLite's ``timeout`` is how long
-#: to wait for a lock: it has no connection to wait for.
-_TIMEOUT_ARGS = {
-    ("sqlite", "*"): "timeout",
-    ("postgresql", "psycopg2"): "connect_timeout",
-    ("postgresql", "psycopg"): "connect_timeout",
-    ("postgresql", "psycopg2cffi"): "connect_timeout",
-    ("mysql", "pymysql"): "connect_timeout",
-    ("mysql", "mysqldb"): "connect_timeout",
-    ("mariadb", "pymysql"): "connect_timeout",
-    ("mssql", "pymssql"): "login_timeout",
-    ("mssql", "pyodbc"): "timeout",
-}
+#: libpq drivers: their connections take ``connect_timeout``, ``options``, keepalives and
+#: ``tcp_user_timeout``, and expose the socket (``fileno()``) to the watchdog.
+_LIBPQ_DRIVERS = ("psycopg2", "psycopg", "psycopg2cffi")
 
 #: MySQL's wire type code for JSON columns (``pymysql.constants.FIELD_TYPE.JSON``).
 _MYSQL_JSON = 245
@@ -96,7 +113,7 @@ def engine_url(db: Database, base_dir: str) -> URL:
             raise ValueError(
                 "database_url is not a valid SQLAlchemy URL (expected dialect+driver://user:password@host:port/name)"
             ) from None
-        return _resolve_sqlite(url, base_dir)
+        return _resolve_sqlite(with_shipped_driver(url), base_dir)
 
     if db.driver == "sqlite":
         if not db.name:
@@ -132,13 +149,98 @@ def engine_url(db: Database, base_dir: str) -> URL:
     )
 
 
-def connect_args(url: URL) -> dict[str, Any]:
-    """Driver keyword arguments for ``url``: the connect timeout, unless the URL sets one already."""
-    backend = url.get_backend_name()
-    key = _TIMEOUT_ARGS.get((backend, url.get_driver_name()), _TIMEOUT_ARGS.get((backend, "*")))
-    if key is None or key in url.query:
-        return {}
-    return {key: CONNECT_TIMEOUT}
+def with_shipped_driver(url: URL) -> URL:
+    """``url`` with a plain scheme (``postgresql://``, ``mysql://``…) mapped to the driver this package
+    installs (see ``_PLAIN_SCHEMES``); a URL naming its driver (``dialect+driver://``) is unchanged."""
+    if "+" in url.drivername:
+        return url
+    drivername = _PLAIN_SCHEMES.get(url.drivername)
+    return url.set(drivername=drivername) if drivername else url
+
+
+def connect_args(url: URL, query_timeout: float = DEFAULT_QUERY_TIMEOUT) -> dict[str, Any]:
+    """Driver keyword arguments that bound every wait on the database by ``query_timeout`` seconds.
+
+    Why each: a connect timeout (a host that drops packets), a statement timeout (a query that never
+    ends), a read timeout or TCP keepalives (a server or network that stops answering mid-fetch).
+    SQLite's ``timeout`` is how long to wait for another writer's lock. A key the URL sets already is
+    left to the URL. PostgreSQL has no client-side read timeout: :class:`_Watchdog` is that.
+    """
+    seconds = max(1, math.ceil(query_timeout))
+    backend, driver = url.get_backend_name(), url.get_driver_name()
+    args: dict[str, Any] = {}
+    if backend == "sqlite":
+        args = {"timeout": float(query_timeout)}
+    elif backend == "postgresql" and driver in _LIBPQ_DRIVERS:
+        probe = max(1, min(30, seconds // 3))  # keepalive probes: a dead peer is noticed within the timeout
+        args = {
+            "connect_timeout": max(2, seconds),  # libpq treats 1 as 2
+            "options": f"-c statement_timeout={seconds * 1000}",
+            "keepalives": 1,
+            "keepalives_idle": probe,
+            "keepalives_interval": probe,
+            "keepalives_count": 3,
+            "tcp_user_timeout": seconds * 1000,  # unacknowledged data (network gone): libpq 12+
+        }
+    elif backend in ("mysql", "mariadb") and driver in ("pymysql", "mysqldb"):
+        args = {"connect_timeout": seconds, "read_timeout": seconds, "write_timeout": seconds}
+    elif backend == "mssql" and driver == "pymssql":
+        args = {"login_timeout": seconds, "timeout": seconds}
+    elif backend == "mssql" and driver == "pyodbc":
+        args = {"timeout": seconds}  # the login timeout; the statement timeout is set on each connection
+    return {key: value for key, value in args.items() if key not in url.query}
+
+
+class _Watchdog:
+    """A client-side deadline for PostgreSQL calls.
+
+    ``statement_timeout`` runs on the server, and keepalives and ``tcp_user_timeout`` are answered by
+    the server's kernel: none of them fires when the server process is frozen (stopped, swapped out,
+    deadlocked) while its host still acknowledges packets. libpq then waits in ``recv`` for ever. The
+    watchdog arms a timer around each blocking driver call; when it fires it shuts down the sockets of
+    the engine's connections, so the blocked call returns with an error, which :meth:`expired` turns
+    into a timeout message.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.fired = False
+        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def watch(self, engine: Engine) -> None:
+        """Track every DBAPI connection ``engine`` opens."""
+        sqlalchemy.event.listen(engine, "connect", lambda dbapi_conn, _record: self._connections.add(dbapi_conn))
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        timer = threading.Timer(self.seconds, self._fire)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            for conn in list(self._connections):
+                with contextlib.suppress(Exception):
+                    fd = conn.fileno()
+                    # a duplicate of the descriptor: shutdown() acts on the socket libpq is blocked on
+                    with socket.socket(fileno=os.dup(fd)) as sock:
+                        sock.shutdown(socket.SHUT_RDWR)
+
+    def expired(self, limit: float) -> str | None:
+        """The timeout message if the watchdog fired (then the engine's connections are dead)."""
+        if not self.fired:
+            return None
+        return f"the database did not answer within query_timeout ({_seconds(limit)} s)"
+
+
+def _seconds(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 class SqlSource:
@@ -149,10 +251,14 @@ class SqlSource:
     ...         ...
     """
 
-    def __init__(self, db: Database, base_dir: str = ".", *, yield_per: int = STREAM_BATCH) -> None:
+    def __init__(self, db: Database, base_dir: str = ".", *, yield_per: int = STREAM_BATCH,
+                 query_timeout: float = DEFAULT_QUERY_TIMEOUT) -> None:
         self.db = db
         self.base_dir = base_dir
         self.yield_per = yield_per
+        #: Seconds any one wait on the database may take: connect, statement, fetch (see connect_args).
+        self.query_timeout = query_timeout
+        self._watchdog: _Watchdog | None = None
         self._engine: Engine | None = None
         self._url: URL | None = None
         self._secrets = _secret_values(db)
@@ -189,17 +295,26 @@ class SqlSource:
         url = self.url
         message: str | None = None
         engine: Engine | None = None
+        if url.get_backend_name() == "postgresql" and url.get_driver_name() in _LIBPQ_DRIVERS:
+            self._watchdog = _Watchdog(self.query_timeout + WATCHDOG_GRACE)
         try:
             _check_sqlite_file(url)
             engine = sqlalchemy.create_engine(
-                url, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args(url)
+                url, pool_pre_ping=True, hide_parameters=True,
+                connect_args=connect_args(url, self.query_timeout),
             )
-            with engine.connect() as conn:
+            if self._watchdog is not None:
+                self._watchdog.watch(engine)
+            if url.get_driver_name() == "pyodbc":  # pyodbc's query timeout is a connection attribute
+                seconds = max(1, math.ceil(self.query_timeout))
+                sqlalchemy.event.listen(engine, "connect", lambda dbapi_conn, _rec: setattr(dbapi_conn, "timeout", seconds))
+            with self._guard(), engine.connect() as conn:
                 conn.exec_driver_sql("SELECT 1")
         except _SqliteFileMissing as exc:
             message = str(exc)
         except Exception as exc:  # any driver / network / import failure
-            message = f"{_reason(exc, url)} ({url.render_as_string(hide_password=True)})"
+            reason = self._timed_out() or _reason(exc, url)
+            message = f"{reason} ({url.render_as_string(hide_password=True)})"
         if message is not None:
             if engine is not None:
                 engine.dispose()
@@ -240,9 +355,10 @@ class SqlSource:
             result: CursorResult[Any] | None = None
             try:
                 streaming = conn.execution_options(stream_results=True, yield_per=self.yield_per)
-                result = _run(streaming, query, params)
+                with self._guard():
+                    result = _run(streaming, query, params)
             except Exception as exc:
-                message = _reason(exc, self._url)
+                message = self._timed_out() or _reason(exc, self._url)
             if message is None and result is not None and not result.returns_rows:
                 message = "the query does not return rows (a push query must be a SELECT)"
             if message is not None or result is None:
@@ -252,12 +368,18 @@ class SqlSource:
             try:
                 # partitions() fetches ``yield_per`` rows per driver call on every backend (SQLite
                 # included), instead of one call per row.
-                for partition in result.partitions(self.yield_per):
+                # Only the fetch is timed (the watchdog is disarmed while the consumer works).
+                partitions = result.partitions(self.yield_per)
+                while True:
+                    with self._guard():
+                        partition = next(partitions, None)
+                    if partition is None:
+                        break
                     for row in partition:
                         yield shape(row)
                 exhausted = True
             except Exception as exc:  # a failure while fetching (the consumer's errors never land here)
-                message = _reason(exc, self._url)
+                message = self._timed_out() or _reason(exc, self._url)
             if message is not None:
                 raise SourceQueryError(self._redact(message)) from None
         finally:
@@ -265,7 +387,8 @@ class SqlSource:
                 # An unbuffered MySQL cursor drains every remaining row on close: drop the
                 # connection instead so an abandoned stream stops at once.
                 _abandon_mysql_stream(conn)
-            with contextlib.suppress(Exception):  # e.g. the server went away after the last row
+            # e.g. the server went away after the last row; closing a cursor is a round trip too
+            with contextlib.suppress(Exception), self._guard():
                 conn.close()
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -294,12 +417,13 @@ class SqlSource:
         message = ""
         conn = self._checkout(self.engine)
         try:
-            with conn.begin():
+            with self._guard(), conn.begin():
                 return read(_run(conn, sql, params))
         except Exception as exc:
-            message = _reason(exc, self._url)
+            message = self._timed_out() or _reason(exc, self._url)
         finally:
-            conn.close()
+            with self._guard():
+                conn.close()
         raise SourceQueryError(self._redact(message)) from None
 
     # ------------------------------------------------------------------ internals
@@ -307,10 +431,20 @@ class SqlSource:
     def _checkout(self, engine: Engine) -> Connection:
         message: str | None = None
         try:
-            return engine.connect()
+            with self._guard():  # the pool's pre-ping is a round trip too
+                return engine.connect()
         except Exception as exc:
-            message = f"{_reason(exc, self._url)} ({self.url.render_as_string(hide_password=True)})"
+            reason = self._timed_out() or _reason(exc, self._url)
+            message = f"{reason} ({self.url.render_as_string(hide_password=True)})"
         raise SourceConnectError(self._redact(message)) from None
+
+    def _guard(self) -> contextlib.AbstractContextManager[None]:
+        """A deadline around one blocking driver call (PostgreSQL's watchdog; others time out alone)."""
+        return self._watchdog.guard() if self._watchdog is not None else contextlib.nullcontext()
+
+    def _timed_out(self) -> str | None:
+        """Why the last call failed if the watchdog cut it off, else None."""
+        return self._watchdog.expired(self.query_timeout) if self._watchdog is not None else None
 
     def _redact(self, text_: str) -> str:
         """``secrets.redact`` plus this database's own password(s), however short, and key=value pairs."""

@@ -38,6 +38,9 @@ TEST_SETTINGS = {
     "FLIPLET_SCHEDULE_RESCAN": 2,
     "FLIPLET_BEAT_MAX_INTERVAL": 1,
     "FLIPLET_BEAT_LEADER_TTL": 6,
+    # The session's beats sweep rarely: the recovery tests run their own Redis and fleet
+    # (test_fleet_recovery.py), and a sweep here would act on the half-done runs other tests leave.
+    "FLIPLET_RECOVER_INTERVAL": 3600,
 }
 
 

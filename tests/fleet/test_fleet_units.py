@@ -19,6 +19,7 @@ from fleetproc import make_source, write_config
 
 from fliplet_workers.errors import ConfigError
 from fliplet_workers.fleet import flow, history, keys, status
+from fliplet_workers.fleet.app import RECOVER_ENTRY
 from fliplet_workers.fleet.context import Fleet
 from fliplet_workers.fleet.locks import Lock
 from fliplet_workers.fleet.registry import Registry
@@ -157,7 +158,8 @@ def test_beat_entries_follow_the_config_directory(local: Fleet, sandbox: Sandbox
     _config(local, sandbox, "alpha", 2, frequency="* * * * *")
     _config(local, sandbox, "adhoc", 2)  # no frequency: not scheduled
     beat = _scheduler(celery_app, local)
-    assert set(beat.schedule) == {"alpha:0"}
+    assert set(beat.schedule) == {"alpha:0", RECOVER_ENTRY}  # and the recovery sweep, always
+    assert beat.schedule[RECOVER_ENTRY].task == "fliplet.recover"
     entry = beat.schedule["alpha:0"]
     assert (entry.task, entry.args) == ("fliplet.sync", ("alpha", 0))
     assert not beat.rescan()  # nothing changed
@@ -166,7 +168,7 @@ def test_beat_entries_follow_the_config_directory(local: Fleet, sandbox: Sandbox
     caplog.set_level(logging.ERROR, "fliplet_workers.fleet.beat")
     _config(local, sandbox, "broken", 2, frequency="* * *")  # invalid: reported, skipped
     assert beat.rescan()
-    assert set(beat.schedule) == {"alpha:0", "beta:0"}
+    assert set(beat.schedule) == {"alpha:0", "beta:0", RECOVER_ENTRY}
     assert beat.schedule["alpha:0"] is entry  # untouched entries keep their last run
     assert "config 'broken' is invalid and is not scheduled: " in caplog.text
     assert "expected 5 fields" in caplog.text
@@ -174,7 +176,7 @@ def test_beat_entries_follow_the_config_directory(local: Fleet, sandbox: Sandbox
     _config(local, sandbox, "alpha", 2, frequency="*/10 * * * *", batch_size=7)  # edited
     os.remove(os.path.join(local.settings.config_dir, "beta.yml"))  # removed
     assert beat.rescan()
-    assert set(beat.schedule) == {"alpha:0"}
+    assert set(beat.schedule) == {"alpha:0", RECOVER_ENTRY}
     assert beat.schedule["alpha:0"].schedule.expr == "*/10 * * * *"
     beat.close()
 
@@ -195,11 +197,13 @@ def test_only_the_leading_beat_sends(local: Fleet, sandbox: SandboxServer, celer
     second.tick()
     first.tick()
     assert first.leading and not second.leading
-    assert sent == [(first.beat_id, "every:0")]
+    assert [s for s in sent if s[1] != RECOVER_ENTRY] == [(first.beat_id, "every:0")]
+    assert all(beat_id == first.beat_id for beat_id, _ in sent)  # the recovery sweep too: leader only
+    sent[:] = [s for s in sent if s[1] != RECOVER_ENTRY]
     first.close()  # the leader stops: the standby takes over, without replaying the old boundary
     second.tick()
     second.tick()
-    assert second.leading and sent == [(first.beat_id, "every:0")]
+    assert second.leading and [s for s in sent if s[1] != RECOVER_ENTRY] == [(first.beat_id, "every:0")]
     second.close()
 
 

@@ -18,6 +18,7 @@ from servers import free_port
 
 from fliplet_workers.fleet import history, keys
 from fliplet_workers.fleet.context import Fleet
+from fliplet_workers.fleet.outcome import RunFailed
 from fliplet_workers.sandbox.server import SandboxServer
 
 pytestmark = pytest.mark.integration
@@ -45,8 +46,8 @@ def test_an_adhoc_celery_call_lands_its_rows(workers: list, processes: Processes
                                              sandbox: SandboxServer, config_dir: str, data_dir: str) -> None:
     name, ds = _config(config_dir, data_dir, sandbox, 250, "adhoc", batch_size=40)
     task_id = processes.call("fliplet.sync", [name])
-    planned = celery_app.AsyncResult(task_id).get(timeout=60)
-    assert planned["dispatched"] == 7 and planned["plan"]["insert"] == 250
+    ended = celery_app.AsyncResult(task_id).get(timeout=60)  # the sync task id resolves to the run's end
+    assert (ended["inserted"], ended["batches"], ended["ok"], ended["run_id"]) == (250, 7, True, task_id)
     summary = _summary(fleet, name)
     assert (summary["inserted"], summary["batches"], summary["ok"], summary["run_id"]) == (250, 7, True, task_id)
     assert _ids(sandbox, ds) == list(range(1, 251))
@@ -58,8 +59,10 @@ def test_an_adhoc_celery_call_lands_its_rows(workers: list, processes: Processes
     dry = celery_app.AsyncResult(processes.call("fliplet.sync", [dry_name], {"dry_run": True})).get(timeout=60)
     assert dry["dry_run"] is True and dry["inserted"] == 30 and sandbox.store.entries(dry_ds) == []
 
-    refused = celery_app.AsyncResult(processes.call("fliplet.sync", ["../" + name])).get(timeout=60)
-    assert refused["ok"] is False and "is not a config name" in refused["errors"][0]
+    refused = celery_app.AsyncResult(processes.call("fliplet.sync", ["../" + name]))
+    with pytest.raises(RunFailed) as failed:  # a failed run is a FAILURE
+        refused.get(timeout=60)
+    assert refused.state == "FAILURE" and "is not a config name" in failed.value.summary["errors"][0]
 
 
 def test_two_triggers_of_one_operation_give_one_run(workers: list, fleet: Fleet, celery_app: Celery,
@@ -107,7 +110,7 @@ def test_flower_lists_the_finished_syncs_with_their_summaries(
     # Flower sees the events sent after it subscribed: warm up until it sees a sync at all.
     def sees_a_sync() -> bool:
         probe = celery_app.send_task("fliplet.sync", args=["no-such-config"])
-        probe.get(timeout=30)
+        probe.get(timeout=30, propagate=False)  # an unknown config: a FAILURE
         return wait_or_false(lambda: probe.id in tasks("fliplet.sync"), 3)
 
     wait_for(sees_a_sync, "flower to receive task events", 60, every=0)
@@ -148,7 +151,7 @@ def test_a_worker_killed_mid_run_leaves_every_row_exactly_once(
         config_dir: str, data_dir: str) -> None:
     name, ds = _config(config_dir, data_dir, sandbox, 300, "kill", batch_size=10)
     sandbox.faults.set(commit_delay_ms=400)  # the server applies a commit 0.4 s after receiving it
-    run_id = celery_app.send_task("fliplet.sync", args=[name]).get(timeout=60)["run_id"]
+    run_id = celery_app.send_task("fliplet.sync", args=[name]).id  # the run id (it ends after the kill)
     pgids = {os.getpgid(w.pid): w for w in workers if w.alive()}
 
     def busy_worker() -> tuple[int, Any] | None:

@@ -36,7 +36,9 @@ fi
 
 extras="mssql"
 $app_only || extras="mssql,dev"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${extras}]"
+# (the filter drops this machine's notes about local package mirrors; pip's own status still counts)
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${extras}]" 2>&1 \
+  | { grep -v -e "is ignored: it is neither a file nor a directory" || true; }
 
 if ! $app_only; then
   need_apt=()

@@ -15,17 +15,20 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote
 
 import psycopg2
 import pytest
 import sqlalchemy as sa
 from agent_support import World, make_world
-from servers import DbParams, MariaDBServer, PostgresServer, ServerError, frozen, wait_until
+from servers import DbParams, MariaDBServer, PostgresServer, Server, ServerError, frozen, wait_until
 
 from fliplet_workers.sandbox import SandboxServer
+
+S = TypeVar("S", bound=Server)
 
 ROWS = [{"id": i, "email": f"u{i}@example.com", "name": f"User {i}"} for i in range(1, 11)]
 
@@ -56,18 +59,46 @@ def test_plain_database_urls_sync(scheme: str, server: str, request: pytest.Fixt
 # ------------------------------------------------------------------------------ a frozen server
 
 
-@pytest.fixture
-def own_postgres() -> Iterator[PostgresServer]:
-    """A PostgreSQL instance for this test alone (freezing the shared one would stall other tests)."""
-    server = PostgresServer()
+def _own(server: S) -> Iterator[S]:
+    """A server for this test alone (freezing a shared one would stall other tests)."""
     try:
         server.start()
     except ServerError as exc:
-        pytest.fail(f"cannot start postgres for the test: {exc}", pytrace=False)
+        pytest.fail(f"cannot start {server.name} for the test: {exc}", pytrace=False)
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    yield from _own(PostgresServer())
+
+
+def _run_frozen(server: Server, config: Path, log: Path, running: Callable[[], bool]) -> tuple[int, str, float]:
+    """Start ``fliplet-agent start config``, freeze ``server`` once ``running()`` says its query runs,
+    and return the exit code, the output and the seconds from the freeze to the exit."""
+    proc = subprocess.Popen([sys.executable, "-m", "fliplet_workers.cli", "start", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "FLIPLET_AGENT_LOG": str(log)})
+    try:
+        wait_until(lambda: running() or proc.poll() is not None, "the query to run", 20)
+        assert proc.poll() is None, proc.communicate()[0]
+        with frozen(server) as pids:
+            assert pids  # every process of the server is stopped
+            started = time.monotonic()
+            try:
+                output, _ = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                output, _ = proc.communicate()
+                pytest.fail(f"the run still hangs 30 s after the server froze:\n{output}")
+            return proc.returncode, output, time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _active_query(params: DbParams, marker: str) -> bool:
@@ -98,29 +129,9 @@ def test_frozen_postgres_fails_the_run_within_query_timeout(own_postgres: Postgr
     # The query sleeps first, so there is a moment when it is surely running on the server.
     query = f"SELECT id, email, name FROM {table}, (SELECT pg_sleep(2)) AS s ORDER BY id"
     config = world.write_config(query=query, query_timeout=3, timestamp_column=None, delete_column=None)
-    log = Path(tmp_path / "agent.log")
-    env_log = {"FLIPLET_AGENT_LOG": str(log)}
-    proc = subprocess.Popen([sys.executable, "-m", "fliplet_workers.cli", "start", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **env_log})
-    try:
-        wait_until(lambda: _active_query(params, table) or proc.poll() is not None, "the query to run", 20)
-        assert proc.poll() is None, proc.communicate()[0]
-        with frozen(own_postgres) as pids:
-            assert len(pids) > 1  # the postmaster and its backends
-            started = time.monotonic()
-            try:
-                output, _ = proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                output, _ = proc.communicate()
-                pytest.fail(f"the run still hangs 30 s after the server froze:\n{output}")
-            elapsed = time.monotonic() - started
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 1, output
+    log = tmp_path / "agent.log"
+    code, output, elapsed = _run_frozen(own_postgres, config, log, lambda: _active_query(params, table))
+    assert code == 1, output
     assert elapsed < 15, elapsed  # query_timeout 3 s + the watchdog's 2 s grace, not for ever
     assert "Cannot execute database query" in output, output
     assert "did not answer within query_timeout (3 s)" in output, output
@@ -154,15 +165,7 @@ def test_slow_statement_hits_postgres_statement_timeout(postgres_params: DbParam
 
 @pytest.fixture
 def own_mariadb() -> Iterator[MariaDBServer]:
-    server = MariaDBServer()
-    try:
-        server.start()
-    except ServerError as exc:
-        pytest.fail(f"cannot start mariadb for the test: {exc}", pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _own(MariaDBServer())
 
 
 def _mariadb_running(params: DbParams, marker: str) -> bool:
@@ -195,26 +198,8 @@ def test_frozen_mariadb_fails_the_run_within_query_timeout(own_mariadb: MariaDBS
     config = world.write_config(query=f"SELECT id, email, name, SLEEP(2) AS s FROM {table} LIMIT 1",
                                 query_timeout=3, timestamp_column=None, delete_column=None)
     log = tmp_path / "agent.log"
-    proc = subprocess.Popen([sys.executable, "-m", "fliplet_workers.cli", "start", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "FLIPLET_AGENT_LOG": str(log)})
-    try:
-        wait_until(lambda: _mariadb_running(params, table) or proc.poll() is not None, "the query to run", 20)
-        assert proc.poll() is None, proc.communicate()[0]
-        with frozen(own_mariadb):
-            started = time.monotonic()
-            try:
-                output, _ = proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                output, _ = proc.communicate()
-                pytest.fail(f"the run still hangs 30 s after the server froze:\n{output}")
-            elapsed = time.monotonic() - started
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 1, output
+    code, output, elapsed = _run_frozen(own_mariadb, config, log, lambda: _mariadb_running(params, table))
+    assert code == 1, output
     assert elapsed < 15, elapsed
     assert "Cannot execute database query" in output, output
     assert "timed out" in output, output

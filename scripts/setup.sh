@@ -47,6 +47,7 @@ if ! $app_only; then
   { command -v mariadbd >/dev/null 2>&1 || command -v mysqld >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ]; } \
     || need_apt+=(mariadb-server)
   command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+  command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)  # checks the units `install` writes
   if [ ${#need_apt[@]} -gt 0 ]; then
     apt_install "${need_apt[@]}"
     # The packages start their services; the tests start their own servers on free ports.

@@ -16,7 +16,11 @@ safe to run by hand or twice at once) looks at every run in ``fleet:active`` and
 * sends finalize for a run whose batches all have outcomes but which has no summary (the commit or
   finalize task that should have ended it died);
 * ends as failed, with the reason, a run whose state vanished (and frees its operation lock), and
-  frees the lock of an operation whose run is over or dead.
+  frees the lock of an operation whose run is over or dead;
+* ends as failed a run that vanished with ``fleet:active`` itself (Redis restarted without
+  persistence while nothing of the run was running): the leading beat keeps a copy of
+  ``fleet:active`` outside Redis (:class:`Remembered`) and passes the remembered runs that left it
+  without a summary to the sweep, which ends those that have no state left.
 
 Every action is idempotent: a batch is committed once however many tasks carry it, finalize writes
 one summary, and a resumed planner takes the planner heartbeat first.
@@ -28,7 +32,7 @@ import ast
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +40,7 @@ import orjson
 import redis
 
 from fliplet_workers.core.retry import CommitOutcome
-from fliplet_workers.fleet import flow, keys
+from fliplet_workers.fleet import flow, history, keys
 from fliplet_workers.fleet.context import Fleet
 from fliplet_workers.fleet.locks import Lock
 from fliplet_workers.fleet.settings import connect
@@ -48,6 +52,10 @@ log = logging.getLogger("fliplet_workers.fleet")
 
 #: Celery's queue and kombu's Redis bookkeeping of delivered, unacknowledged messages.
 QUEUE, UNACKED, UNACKED_INDEX = "celery", "unacked", "unacked_index"
+#: At most this many remembered runs go in one sweep's argument (the others in the next sweeps).
+PER_SWEEP = 50
+#: The beat remembers at most this many runs (the longest unseen are forgotten first).
+REMEMBER_MAX = 2000
 
 
 @dataclass
@@ -120,8 +128,10 @@ class Queued:
             self.finalize.add(str(args[0]))
 
 
-def sweep(fleet: Fleet, send: Senders, now: float | None = None) -> Report:
-    """One pass over the active runs and the operation locks (see the module doc)."""
+def sweep(fleet: Fleet, send: Senders, now: float | None = None, remembered: Iterable[Any] = ()) -> Report:
+    """One pass over the active runs and the operation locks (see the module doc); ``remembered``:
+    ``[run id, config, operation]`` of runs the beat saw in ``fleet:active`` that left it without a
+    summary (:meth:`Remembered.vanished`)."""
     report = Report()
     guard = Lock(fleet.redis, keys.RECOVER, int(max(60.0, fleet.settings.recover_interval * 4) * 1000))
     owner = uuid.uuid4().hex
@@ -140,6 +150,10 @@ def sweep(fleet: Fleet, send: Senders, now: float | None = None) -> Report:
                 raise
             except Exception:  # one odd run must not stop the sweep for the others
                 log.exception("Recovery: run %s could not be checked.", run_id)
+        for run_id, config, operation in _parse(remembered):
+            if run_id not in runs:
+                report.runs += 1
+                _recover_remembered(fleet, run_id, config, operation, send, report)
         _free_dead_locks(fleet, set(runs), report, moment)
     finally:
         guard.release(owner)
@@ -182,6 +196,77 @@ def _recover_run(fleet: Fleet, run_id: str, entry: dict[str, Any], queued: Queue
     store.mark_sent([], "finalize")
     send.finalize(run_id, config, operation)
     report.finalized.append(run_id)
+
+
+def _recover_remembered(fleet: Fleet, run_id: str, config: str, operation: int, send: Senders,
+                        report: Report) -> None:
+    """A run the beat remembers from ``fleet:active`` that is no longer listed there. With a summary it
+    ended (nothing to do); with no state at all Redis lost it (a restart without persistence): it
+    ends failed, once; with state but unlisted (a partial loss) it is listed again for the next sweep."""
+    meta = fleet.store(run_id).meta()
+    if meta is None:
+        recent = history.last(fleet.redis, config, operation, fleet.settings.history)
+        if any(r.get("run_id") == run_id for r in recent):  # ended, and its state expired since
+            return
+        ended = flow.end_lost(fleet, run_id, config, operation, flow._vanished(run_id))
+        if ended is not None:
+            send.ended(ended)
+            report.failed.append(run_id)
+    elif meta.summary is None:
+        mark_active(fleet.redis, run_id, meta.config, meta.operation, meta.started)
+
+
+def _parse(remembered: Iterable[Any]) -> list[tuple[str, str, int]]:
+    """The sweep's argument (sent by the beat, or typed by hand): malformed items are ignored."""
+    out: list[tuple[str, str, int]] = []
+    for item in list(remembered or ())[:PER_SWEEP]:
+        try:
+            run_id, config, operation = item
+            if isinstance(run_id, str) and run_id and isinstance(config, str) and config:
+                out.append((run_id, config, int(operation)))
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+@dataclass
+class Remembered:
+    """The leading beat's copy of ``fleet:active``, kept outside Redis.
+
+    Without persistence a Redis restart loses ``fleet:active`` with the runs it lists; a run none of
+    whose steps runs afterwards would then vanish without a word. The beat sends every sweep, so it
+    reads ``fleet:active`` first and remembers run id, config and operation (no secrets). A remembered
+    run that left the listing with a summary ended (normally, or already as lost): it is forgotten. One
+    that left it without a summary goes in the sweep's argument until a summary appears (the sweep
+    ends it as lost) or ``forget_after`` seconds (the run ttl: its state would have expired anyway).
+    A beat restart starts with an empty memory: it only passes fewer runs, never a wrong one.
+    """
+
+    forget_after: float
+    runs: dict[str, tuple[str, int, float]] = field(default_factory=dict)  # id → config, op, last seen
+
+    def vanished(self, client: redis.Redis, now: float | None = None) -> list[list[Any]]:
+        """Update the memory from ``fleet:active``; the remembered runs that left it without a summary."""
+        moment = time.time() if now is None else now
+        listed = active(client)
+        for run_id, entry in listed.items():
+            self.runs[run_id] = (str(entry.get("config")), int(entry.get("operation") or 0), moment)
+        gone = [run_id for run_id in self.runs if run_id not in listed]
+        with client.pipeline(transaction=False) as pipe:
+            for run_id in gone:
+                pipe.hexists(keys.run(run_id), "summary")
+            ended = pipe.execute() if gone else []
+        for run_id, done in zip(gone, ended, strict=True):
+            if done or moment - self.runs[run_id][2] > self.forget_after:
+                del self.runs[run_id]
+        for run_id in sorted(self.runs, key=lambda r: self.runs[r][2])[:max(0, len(self.runs) - REMEMBER_MAX)]:
+            del self.runs[run_id]
+        newest = sorted((r for r in self.runs if r not in listed), key=lambda r: -self.runs[r][2])
+        return [[run_id, *self.runs[run_id][:2]] for run_id in newest[:PER_SWEEP]]
+
+    def forget_all(self) -> None:
+        """Another beat leads: it keeps its own copy; this one would only grow stale."""
+        self.runs.clear()
 
 
 def _resend_idle(fleet: Fleet, meta: RunMeta, pending: list[int], queued: Queued, send: Senders,

@@ -14,7 +14,10 @@
 * sends nothing unless it holds the Redis leadership lock ``fleet:beat:leader`` (renewed on every
   tick, released on shutdown): a second beat started by mistake stands by and takes over within
   ``FLIPLET_BEAT_LEADER_TTL`` seconds if the leader dies. Even then a run never happens twice at once:
-  each sync takes its operation's lock.
+  each sync takes its operation's lock;
+* sends the recovery sweep every ``FLIPLET_RECOVER_INTERVAL`` seconds with the runs it remembers
+  from ``fleet:active`` that left it without a summary (:class:`~.recovery.Remembered`): the one copy
+  of the active runs outside Redis, so a Redis that restarts empty cannot lose a run silently.
 
 Entries live in memory: there is no schedule file to share or corrupt. A standby keeps its entries'
 "last run" at the present, so that taking over does not replay boundaries the old leader handled.
@@ -30,18 +33,21 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
+import redis
 from celery.beat import ScheduleEntry, Scheduler
 from celery.schedules import BaseSchedule, schedstate
 
 from fliplet_workers.fleet import keys
 from fliplet_workers.fleet.context import Fleet, current
 from fliplet_workers.fleet.locks import Lock
+from fliplet_workers.fleet.recovery import Remembered
 from fliplet_workers.fleet.registry import Scan
 from fliplet_workers.schedule import next_run, schedule_timezone
 
 log = logging.getLogger("fliplet_workers.fleet.beat")
 
 SYNC_TASK = "fliplet.sync"
+RECOVER_TASK = "fliplet.recover"
 
 
 class CronSchedule(BaseSchedule):
@@ -115,6 +121,7 @@ class ConfigScheduler(Scheduler):
         self._scanned_at = float("-inf")
         self._signature: tuple[Any, ...] | None = None
         self._reported: dict[str, str] = {}
+        self.remembered = Remembered(forget_after=settings.run_ttl)  # fleet:active, outside Redis
         super().__init__(*args, **kwargs)
         self.max_interval: float = min(float(self.max_interval), settings.beat_max_interval,
                                        settings.leader_ttl / 3)
@@ -165,6 +172,16 @@ class ConfigScheduler(Scheduler):
                 log.error("Beat: config '%s' is invalid and is not scheduled: %s", bad.name, bad.problem)
         self._reported = reported
 
+    def apply_async(self, entry: ScheduleEntry, producer: Any = None, advance: bool = True, **kwargs: Any) -> Any:
+        """Sends a due entry (only while leading: see :meth:`tick`); the recovery sweep carries the
+        runs this beat remembers that left ``fleet:active`` without a summary (see recovery.Remembered)."""
+        if entry.task == RECOVER_TASK:
+            try:
+                entry.args = (self.remembered.vanished(self.fleet.redis),)
+            except redis.RedisError:  # Redis down: the sweep cannot be sent either; keep the memory
+                entry.args = ()
+        return super().apply_async(entry, producer, advance, **kwargs)
+
     # -- leadership ----------------------------------------------------------------------------------
 
     def lead(self) -> bool:
@@ -172,6 +189,8 @@ class ConfigScheduler(Scheduler):
         try:
             leading = self.leader_lock.claim(self.beat_id)
             holder = None if leading else self.leader_lock.holder()
+            if not leading:  # another beat leads (not an outage: then keep it, to pass after a restart)
+                self.remembered.forget_all()
         except Exception as error:  # redis down: a beat that cannot check must not send
             leading, holder = False, f"unknown ({type(error).__name__}: {error})"
         if leading != self.leading:

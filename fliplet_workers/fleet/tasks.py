@@ -10,8 +10,9 @@ operation indexes, run ids and batch numbers, never a token or a row.
 * ``fliplet.commit(run_id, batch_number, config_name, operation)``
 * ``fliplet.finalize(run_id, config_name, operation)``: its result is the run summary; it stores the
   outcome under the run id and fails itself when the run failed.
-* ``fliplet.recover()``: the recovery sweep (:mod:`.recovery`), sent by the leading beat every
-  ``FLIPLET_RECOVER_INTERVAL`` seconds; safe to call by hand at any time.
+* ``fliplet.recover(remembered=())``: the recovery sweep (:mod:`.recovery`), sent by the leading beat
+  every ``FLIPLET_RECOVER_INTERVAL`` seconds with the runs it remembers from ``fleet:active`` that left
+  it without a summary (``[run id, config, operation]``); safe to call by hand at any time.
 
 Every task acknowledges late and is re-queued if its worker dies; a lost Redis connection is retried
 with backoff.
@@ -127,9 +128,10 @@ def announce(run_id: str, result: dict[str, Any], hostname: str | None = None) -
 
 @app.task(name="fliplet.recover", bind=True, acks_late=True, autoretry_for=(redis.ConnectionError, redis.TimeoutError),
           retry_backoff=True, max_retries=3)
-def recover(self: Any) -> dict[str, Any]:
-    """Re-send what dead workers lost, resume dead planners, finalize and free what is stuck."""
-    return recovery.sweep(current(), SENDERS).to_dict()
+def recover(self: Any, remembered: list[Any] | None = None) -> dict[str, Any]:
+    """Re-send what dead workers lost, resume dead planners, finalize and free what is stuck; end as
+    lost the runs the beat remembers (``[run id, config, operation]``) whose state vanished."""
+    return recovery.sweep(current(), SENDERS, remembered=remembered or ()).to_dict()
 
 
 def _send_finalize(run_id: str, config: str, operation: int) -> None:

@@ -40,3 +40,24 @@ class PersistentRedis(RedisServer):
                 if entry.startswith("appendonly") or entry.endswith(".rdb"):
                     shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
         self._launch()
+
+
+class VolatileRedis(PersistentRedis):
+    """No persistence at all (``--appendonly no --save ""``): :meth:`restart` comes back empty, as a
+    cache-style Redis does after a restart."""
+
+    name = "redis-volatile"
+
+    def _launch(self) -> None:
+        cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+               "--daemonize", "no", "--dir", self.base_dir]
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=self.base_dir)
+        proc = self.proc
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise ServerError(f"redis-server exited with {proc.returncode}:\n{tail(self.log)}")
+            return self._ping()
+
+        wait_until(ready, f"Redis on port {self.port} (log: {self.log})")

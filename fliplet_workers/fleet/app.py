@@ -96,3 +96,6 @@ after_setup_task_logger.connect(_redact_handlers, weak=False)
 import fliplet_workers.fleet.names  # noqa: E402, F401 - warns at worker start if its name is taken
 
 app = create_app()
+from fliplet_workers.fleet import flower_auth  # noqa: E402
+
+flower_auth.install()  # Flower's /metrics asks for the same credentials as its pages

@@ -226,3 +226,19 @@ def test_a_worker_started_under_a_taken_name_warns(processes: Processes, workers
     finally:
         twin.stop()
     assert "Another worker named" not in taken.text()  # the first one started alone
+
+
+def test_flower_metrics_ask_for_the_same_credentials_as_its_pages(flower: str) -> None:
+    """Flower 2 serves /metrics without its basic auth; loaded through our app, it asks for it."""
+    assert requests.get(f"{flower}/metrics", timeout=5).status_code == 401
+    assert requests.get(f"{flower}/metrics", auth=("ops", "wrong"), timeout=5).status_code == 401
+    answer = requests.get(f"{flower}/metrics", auth=AUTH, timeout=5)
+    assert answer.status_code == 200 and "flower_events_total" in answer.text
+    assert requests.get(f"{flower}/api/workers", timeout=5).status_code == 401  # as before
+
+
+def test_only_the_flower_command_is_patched() -> None:
+    from fliplet_workers.fleet.flower_auth import serving_flower
+
+    assert serving_flower(["celery", "-A", "fliplet_workers", "flower", "--port=5555"])
+    assert not serving_flower(["celery", "-A", "fliplet_workers", "worker", "-n", "w1@%h"])

@@ -90,10 +90,10 @@ def one_round(workers: int, pool: str, args: argparse.Namespace, redis_url: str,
             procs.worker(concurrency=1, pool=pool, wait=False)
         wait_for(lambda: all("ready." in p.text() for p in procs.procs), "the workers to start", 120)
         wall, started = time.time(), time.perf_counter()
-        planned = app.send_task("fliplet.sync", args=[name]).get(timeout=600)
+        planned = app.send_task("fliplet.sync", args=[name]).get(timeout=1800)  # the run's summary
         summary = wait_for(lambda: history.last(fleet.redis, name, 0), "the run summary", 1800, every=0.05)[0]
         seconds = time.perf_counter() - started
-        states = [fleet.batch_state(planned["run_id"], n).load() for n in range(1, planned["dispatched"] + 1)]
+        states = [fleet.batch_state(planned["run_id"], n).load() for n in range(1, planned["batches"] + 1)]
         first_commit = min(float(s["started"]) for s in states) - wall
         last_commit = max(float(s["finished"]) for s in states) - wall
     finally:

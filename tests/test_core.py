@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from fliplet_workers.core.batches import Batch, make_batches
-from fliplet_workers.core.diff import DiffOptions, diff
+from fliplet_workers.core.diff import DiffOptions, Planner, diff
 from fliplet_workers.core.retry import RetryPolicy, commit_with_retries
 from fliplet_workers.core.rows import normalise_value, timestamp_seconds
 from fliplet_workers.errors import ApiError, AuthError
@@ -327,3 +327,70 @@ def test_start_unknown_replans_before_sending() -> None:
     outcome = commit_with_retries(batch_of(1, 2, 3), remote.send, remote.find, RetryPolicy(),
                                   sleep=lambda _: None, start_unknown=True)
     assert sorted(r["id"] for r in remote.rows) == [1, 2, 3] and outcome.inserted == 3
+
+
+# -- the remote index keeps digests, not data (issue 9: memory on a re-run) -----------------------
+
+def test_digests_compare_as_the_data_would() -> None:
+    remote = entry(10, id=1, n=2.0, one=1, f=1.5, t="é\ud800", o={"b": [1.0, None], "a": "x"}, gone=None, extra="remote only")
+    same = {"id": 1, "n": 2, "one": 1.0, "f": 1.5, "t": "é\ud800", "o": {"a": "x", "b": [1, None]}, "gone": None,
+            "absent": None}
+    assert run_diff([same], [remote]).unchanged == 1  # 1 == 1.0, key order, null == missing, remote-only
+    for column, value in (("n", 3), ("n", "2"), ("f", 1.25), ("t", "e"), ("o", {"a": "x"}), ("gone", 0),
+                          ("absent", ""), ("one", True), ("id", 1.0)):
+        plan = run_diff([{**same, column: value}], [remote])
+        assert (len(plan.updates) == 1) is not (column == "id"), (column, value)  # 1.0 is the same key as 1
+    nan = run_diff([{"id": 1, "v": float("nan")}], [entry(10, id=1, v=float("nan"))])
+    assert len(nan.updates) == 1  # NaN equals nothing, as in Python
+
+
+def test_values_with_their_own_equality_are_kept_whole() -> None:
+    class Loose(str):  # like encryption.Plaintext: "30" equals 30
+        __hash__ = str.__hash__
+
+        def __eq__(self, other: object) -> bool:
+            return str.__eq__(self, str(other))
+
+        def __ne__(self, other: object) -> bool:
+            return not self.__eq__(other)
+
+    options = {"decode_remote": lambda d: {**d, "age": Loose(d["age"]), "at": Loose(d["at"])},
+               "timestamp_column": "at"}
+    remote = [entry(10, id=1, age="30", at="x"), entry(2**70, id=2, age="31", at="y")]
+    plan = run_diff([{"id": 1, "age": 30, "at": "x"}, {"id": 2, "age": 32, "at": "y"}], remote, **options)
+    assert plan.unchanged == 1 and plan.updates[0][0] == 2**70  # an id beyond 64 bits is kept as it is
+
+
+def test_numeric_and_text_timestamps_in_the_index() -> None:
+    remote = [entry(1, id=1, at=1704164645678, v="a"), entry(2, id=2, at="2024-01-02T03:04:05.000Z", v="b"),
+              entry(3, id=3, v="c")]
+    rows = [{"id": 1, "at": "2024-01-02T03:04:05.999Z", "v": "changed but same second"},
+            {"id": 2, "at": "2024-01-02T03:04:06.000Z", "v": "b"}, {"id": 3, "at": None, "v": "c"}]
+    plan = run_diff(rows, remote, timestamp_column="at")
+    assert [i for i, _ in plan.updates] == [2] and plan.unchanged == 2
+
+
+def test_duplicates_are_named_as_the_kept_entry_holds_its_key() -> None:
+    from fliplet_workers.core.diff import index_remote
+
+    remote = [entry(9, id="ab"), entry(8, id="AB"), entry(7, id=True), entry(3, id=True)]
+    index = index_remote(iter(remote), DiffOptions("id", case_insensitive=True))
+    assert [(d.key, d.ids) for d in index.duplicates("id")] == [("AB", (8, 9)), (True, (3, 7))]
+    index = index_remote(iter(remote[:2]), DiffOptions("id", case_insensitive=True, mode="replace"))
+    assert Planner(index, DiffOptions("id", mode="replace")).finish() == [8, 9]  # orphan 8, then healing 9
+
+
+def test_the_index_keeps_a_fraction_of_the_data() -> None:
+    import tracemalloc
+
+    from fliplet_workers.core.diff import index_remote
+
+    n = 20_000
+    # made as they stream in (as the JSON parser does), so what the index keeps of them is counted
+    remote = (entry(10_000_000 + i, id=i, email=f"user{i}@example.org", name=f"User {i}", score=i % 97,
+                    updatedAt=f"2024-01-01T00:00:{i % 60:02d}.000Z") for i in range(n))
+    tracemalloc.start()
+    index = index_remote(iter(remote), DiffOptions("id", timestamp_column="updatedAt"))
+    size, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert index.count == n and size / n < 250, size / n  # the whole data took ~600 bytes per entry

@@ -484,9 +484,12 @@ class RedisServer(Server):
     def _prepare(self) -> None:
         self.binary = find_binary(["redis-server"], "redis-server")
 
+    #: How the server keeps its data: none by default (a subclass may turn the append-only file on).
+    persistence: tuple[str, ...] = ("--appendonly", "no")
+
     def _launch(self) -> None:
         cmd = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *self.persistence,
             "--daemonize", "no", "--dir", self.base_dir,
         ]
         with open(self.log, "ab") as out:

@@ -6,29 +6,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 
-from servers import RedisServer, ServerError, _stop_popen, tail, wait_until
+from servers import RedisServer, _stop_popen
 
 
-class PersistentRedis(RedisServer):
-    """``--appendonly yes`` (``appendfsync everysec``, as in compose); :meth:`restart` keeps the port."""
-
-    name = "redis-aof"
-
-    def _launch(self) -> None:
-        cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-               "--appendfsync", "everysec", "--daemonize", "no", "--dir", self.base_dir]
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=self.base_dir)
-        proc = self.proc
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise ServerError(f"redis-server exited with {proc.returncode}:\n{tail(self.log)}")
-            return self._ping()
-
-        wait_until(ready, f"Redis on port {self.port} (log: {self.log})")
+class RestartableRedis(RedisServer):
+    """A redis-server that :meth:`restart` brings back on the same port and data directory."""
 
     def restart(self, lose_data: bool = False) -> None:
         """Graceful shutdown (SIGTERM: Redis flushes its AOF) and start again on the same port.
@@ -42,22 +25,15 @@ class PersistentRedis(RedisServer):
         self._launch()
 
 
-class VolatileRedis(PersistentRedis):
+class PersistentRedis(RestartableRedis):
+    """``--appendonly yes`` (``appendfsync everysec``, as in compose): a restart keeps the data."""
+
+    name = "redis-aof"
+    persistence = ("--appendonly", "yes", "--appendfsync", "everysec")
+
+
+class VolatileRedis(RestartableRedis):
     """No persistence at all (``--appendonly no --save ""``): :meth:`restart` comes back empty, as a
     cache-style Redis does after a restart."""
 
     name = "redis-volatile"
-
-    def _launch(self) -> None:
-        cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-               "--daemonize", "no", "--dir", self.base_dir]
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=self.base_dir)
-        proc = self.proc
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise ServerError(f"redis-server exited with {proc.returncode}:\n{tail(self.log)}")
-            return self._ping()
-
-        wait_until(ready, f"Redis on port {self.port} (log: {self.log})")

@@ -54,7 +54,7 @@ def one_run(config_path: str) -> None:
     config's ``log_verbosity``, to stderr and the log file), print timings and peak RSS as JSON."""
     from fliplet_workers import logs
     from fliplet_workers.config import load_config
-    from fliplet_workers.run import run_config
+    from fliplet_workers.pipeline.agent import run_config
 
     started = time.perf_counter()
     config = load_config(config_path)

@@ -61,7 +61,7 @@ def child(config_path: str) -> None:
     """Run one config and print the figures as JSON (runs in a fresh process)."""
     from fliplet_workers.config import load_config
     from fliplet_workers.logs import for_config, setup
-    from fliplet_workers.run import run_config
+    from fliplet_workers.pipeline.agent import run_config
 
     os.environ["FLIPLET_AGENT_LOG"] = "-"
     setup("info", to_terminal=False)

@@ -29,7 +29,7 @@ from servers import RedisServer  # noqa: E402
 
 from fliplet_workers.fleet import history  # noqa: E402
 from fliplet_workers.fleet.app import create_app  # noqa: E402
-from fliplet_workers.fleet.context import Fleet  # noqa: E402
+from fliplet_workers.fleet.runtime import Fleet  # noqa: E402
 from fliplet_workers.fleet.settings import FleetSettings  # noqa: E402
 
 

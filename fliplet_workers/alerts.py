@@ -36,12 +36,13 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
+from fliplet_workers.fliplet.sessions import new_session
 from fliplet_workers.secrets import redact
 
 if TYPE_CHECKING:
     from fliplet_workers.config import Config
     from fliplet_workers.core.summary import RunSummary
-    from fliplet_workers.fleet.context import Fleet
+    from fliplet_workers.fleet.runtime import Fleet
 
 log = logging.getLogger("fliplet_workers.alerts")
 
@@ -90,8 +91,16 @@ def targets(config_hook: str | None, environ: Mapping[str, str] | None = None) -
 
 
 def deliver(url: str, body: Mapping[str, Any], *, attempts: int = ATTEMPTS, timeout: float = TIMEOUT,
-            backoff: float = BACKOFF, post: Post = requests.post, sleep: Callable[[float], None] = time.sleep) -> bool:
-    """POST ``body`` to ``url``; True once answered 2xx. Logs failures without the URL."""
+            backoff: float = BACKOFF, post: Post | None = None, sleep: Callable[[float], None] = time.sleep) -> bool:
+    """POST ``body`` to ``url``; True once answered 2xx. Logs failures without the URL.
+
+    ``post`` (tests) replaces the session's ``post``; by default a session from ``new_session`` (the
+    environment's proxies and CA bundle, the agent's User-Agent), closed once delivered or given up.
+    """
+    if post is None:
+        with new_session(pool_size=1) as http:
+            return deliver(url, body, attempts=attempts, timeout=timeout, backoff=backoff, post=http.post,
+                           sleep=sleep)
     problem = ""
     for attempt in range(1, attempts + 1):
         try:

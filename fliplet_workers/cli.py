@@ -10,6 +10,7 @@ import argparse
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from fliplet_workers import __version__, logs
 from fliplet_workers.config import Config, load_config
@@ -37,7 +38,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-V", "--version", action="version", version=f"fliplet-agent {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="command")
+    _agent_commands(sub)
+    _fleet_commands(sub)
+    return parser
 
+
+def _agent_commands(sub: Any) -> None:
+    """The foreground agent's commands (the original's, plus sandbox, install and demo)."""
     start = sub.add_parser("start", help="Start the agent in foreground mode.")
     start.add_argument("config", help="path/to/config.yml (or a Python code config .py)")
     start.add_argument("--test", action="store_true",
@@ -72,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", default="configs/demo.yml")
     demo.set_defaults(handler=cmd_demo)
 
+
+def _fleet_commands(sub: Any) -> None:
+    """The fleet's read-only commands (they read Redis and the config directory)."""
     status = sub.add_parser("status", help="Fleet: list configs, their next run, last runs and invalid configs.")
     status.add_argument("--configs", default=None, help="config directory (default: $FLIPLET_CONFIG_DIR or ./configs)")
     status.add_argument("--json", action="store_true", help="print one JSON document (same facts, same exit code)")
@@ -83,7 +93,6 @@ def _parser() -> argparse.ArgumentParser:
     metrics.add_argument("--no-auth", action="store_true",
                          help="serve without FLIPLET_METRICS_BASIC_AUTH (anyone reaching the port can read)")
     metrics.set_defaults(handler=cmd_metrics)
-    return parser
 
 
 def _load(path: str, *, log_errors: bool = True) -> Config | None:
@@ -129,7 +138,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def _run_once(config: Config, dry_run: bool, indexes: Sequence[int] | None = None) -> bool:
     from fliplet_workers.alerts import foreground_runs_ended
-    from fliplet_workers.run import run_config
+    from fliplet_workers.pipeline.agent import run_config
 
     log = logs.for_config(config.name)
     try:
@@ -172,7 +181,7 @@ class TerminalProgress:
     through tqdm's ``external_write_mode`` (:func:`logs.terminal_guard`): the line is lifted, the
     log lines written, the line redrawn below them, so nothing is glued onto it. (A single line: a
     second tqdm bar moves the cursor between lines, which did garble log lines.)
-    Implements :class:`fliplet_workers.run.Progress`."""
+    Implements :class:`fliplet_workers.pipeline.plan.Progress`."""
 
     def __init__(self) -> None:
         from contextlib import ExitStack
@@ -231,8 +240,8 @@ def _stop(signum: int, frame: object) -> None:
 
 def _run_scheduled(config: Config) -> int:
     """Keep running each operation on its cron ``frequency`` until interrupted (Ctrl+C, SIGTERM)."""
+    from fliplet_workers.cron import schedule_timezone
     from fliplet_workers.foreground import describe_schedule, run_forever, utc_now
-    from fliplet_workers.schedule import schedule_timezone
 
     log = logs.for_config(config.name)
     if config.sync_on_init:

@@ -8,6 +8,8 @@ already-redacted text (see ``fliplet_workers.secrets``).
 
 from __future__ import annotations
 
+from fliplet_workers.fliplet.failures import Kind, kind_of
+
 
 class AgentError(Exception):
     """Base of every error the agent reports to the user."""
@@ -60,27 +62,40 @@ class AuthError(AgentError):
     """The token is missing or rejected (HTTP 401)."""
 
     headline = "Unable to authenticate with Fliplet API"
+    #: Nothing else would pass either: the run stops (see ``fliplet.failures``).
+    kind: Kind = "fatal"
 
 
 class AccessError(AgentError):
     """The token has no access to the data source (HTTP 403/404 on it)."""
 
     headline = "You don't have access to the dataSource"
+    kind: Kind = "fatal"
 
     def log_text(self) -> str:
         return self.message
 
 
 class ApiError(AgentError):
-    """Any other failed Fliplet API call. ``status`` is None when no answer came back."""
+    """Any other failed Fliplet API call. ``status`` is None when no answer came back.
+
+    ``kind`` says what the caller may do about it (``fliplet.failures``: "retry", "unknown",
+    "refused", "fatal"); the Fliplet adapter sets it, and callers decide by it alone. Without it, it
+    is derived from ``status`` and ``outcome_unknown``.
+    """
 
     headline = "Cannot sync data to Fliplet servers"
 
-    def __init__(self, message: str, status: int | None = None, outcome_unknown: bool = False) -> None:
+    def __init__(self, message: str, status: int | None = None, outcome_unknown: bool = False, *,
+                 kind: Kind | None = None) -> None:
         super().__init__(message)
         self.status = status
-        #: True when the request may have been applied (timeout, dropped connection).
-        self.outcome_unknown = outcome_unknown
+        self.kind: Kind = kind or kind_of(status, outcome_unknown)
+
+    @property
+    def outcome_unknown(self) -> bool:
+        """True when the request may have been applied (timeout, dropped connection)."""
+        return self.kind == "unknown"
 
 
 class EncryptionError(AgentError):

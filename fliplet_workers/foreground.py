@@ -2,7 +2,7 @@
 
 The clock and the sleep are parameters, so the loop is tested without waiting for real minutes.
 Operations due at the same minute run together, in config order, through one ``run_due`` call.
-Cron is read in the zone :func:`fliplet_workers.schedule.schedule_timezone` picks (the config's
+Cron is read in the zone :func:`fliplet_workers.cron.schedule_timezone` picks (the config's
 ``timezone``, else ``FLIPLET_TIMEZONE``, else the host's local time like the original): the fleet's
 beat uses the same rule.
 """
@@ -13,7 +13,7 @@ import datetime as dt
 import time
 from collections.abc import Callable, Sequence
 
-from fliplet_workers.schedule import next_run, schedule_timezone
+from fliplet_workers.cron import next_run, schedule_timezone
 
 Now = Callable[[], dt.datetime]
 RunDue = Callable[[Sequence[int]], object]

@@ -79,6 +79,8 @@ class AgentHandler(logging.Handler):
         # (second, its asctime as ``logging.Formatter`` writes it, in local time): one tuple, so
         # that threads never pair one second with another's text.
         self._stamp: tuple[int, str] = (-1, "")
+        #: (level, prefix) → (the millisecond, the head of its lines): see :meth:`line`.
+        self._heads: dict[tuple[int, str], tuple[int, str]] = {}
 
     # -- writing lines -------------------------------------------------------------------------
     def emit(self, record: logging.LogRecord) -> None:
@@ -93,23 +95,55 @@ class AgentHandler(logging.Handler):
         """Queue ``prefix + message`` of ``logger`` at ``level`` exactly as :meth:`emit` would
         format it, without a ``LogRecord``: the fast path of :class:`OperationLog`. Only when this
         handler is the only place the line can go (no other handler, filter or propagation that
-        would want a real record) and the level is enabled; else False, and nothing is done."""
-        owner = self.owner
-        if (logger.parent is not owner or logger.handlers or logger.filters or self.filters or owner.propagate
-                or len(owner.handlers) != 1 or owner.handlers[0] is not self or not logger.isEnabledFor(level)):
+        would want a real record) and the level is enabled; else False, and nothing is done.
+
+        Why so terse: at ``debug`` this runs once or twice per source row. The line's head (time,
+        level, prefix) is made once per millisecond and reused by every line of that millisecond."""
+        if not self._sole(logger, level):
             return False
-        now = time.time()
-        second, stamp = self._stamp
-        if int(now) != second:
-            second = int(now)
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-            self._stamp = (second, stamp)
-        line = f"{stamp},{_MILLIS[int((now - second) * 1000)]} {_NAMES[level]} {prefix}{message}"
+        line = self._head_now(level, prefix) + (message if type(message) is str else str(message))
         self._lines.append(line)
         self._size += len(line)
         if self._size >= BUFFER_BYTES:
             self.flush()
         return True
+
+    def lines(self, logger: logging.Logger, level: int, prefix: str, messages: tuple[str, ...]) -> bool:
+        """:meth:`line` for several messages at once (one route check, one clock read): the diff's
+        two lines about a row that exists remotely."""
+        if not self._sole(logger, level):
+            return False
+        head = self._head_now(level, prefix)
+        for message in messages:
+            line = head + message
+            self._lines.append(line)
+            self._size += len(line)
+        if self._size >= BUFFER_BYTES:
+            self.flush()
+        return True
+
+    def _sole(self, logger: logging.Logger, level: int) -> bool:
+        """This handler is the only place a line of ``logger`` at ``level`` goes, and it is enabled."""
+        owner = self.owner
+        return not (logger.handlers or logger.filters or self.filters or owner.propagate or logger.parent is not owner
+                    or len(owner.handlers) != 1 or owner.handlers[0] is not self) and logger.isEnabledFor(level)
+
+    def _head_now(self, level: int, prefix: str) -> str:
+        millis = int(time.time() * 1000)
+        cached = self._heads.get((level, prefix))
+        if cached is None or cached[0] != millis:
+            cached = self._heads[(level, prefix)] = (millis, self._head(millis, level, prefix))
+        return cached[1]
+
+    def _head(self, millis: int, level: int, prefix: str) -> str:
+        """``2024-01-02 03:04:05,678 DEBUG [name] ``: what ``logging.Formatter`` writes before the
+        message (``asctime`` in local time, as it does)."""
+        second, stamp = self._stamp
+        if millis // 1000 != second:
+            second = millis // 1000
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            self._stamp = (second, stamp)
+        return f"{stamp},{_MILLIS[millis % 1000]} {_NAMES[level]} {prefix}"
 
     def add(self, line: str, *, urgent: bool) -> None:
         self._lines.append(line)
@@ -182,16 +216,29 @@ class OperationLog(logging.LoggerAdapter[logging.Logger]):
     def __init__(self, logger: logging.Logger, extra: dict[str, Any] | None = None) -> None:
         super().__init__(logger, extra)
         self._prefix = f"[{extra['name']}] " if extra else ""
+        # Per instance, so that ``log.debug`` handed to the diff as its note is a plain function
+        # with everything bound, and carries ``lines`` (see :data:`fliplet_workers.core.diff.Note`).
+        self.debug = self._writer(logging.DEBUG, super().debug)  # type: ignore[method-assign]
+        self.info = self._writer(logging.INFO, super().info)  # type: ignore[method-assign]
 
-    def debug(self, msg: Any, *args: Any, **kwargs: Any) -> None:
-        handler = _fast
-        if handler is None or args or kwargs or not handler.line(self.logger, logging.DEBUG, self._prefix, msg):
-            super().debug(msg, *args, **kwargs)
+    def _writer(self, level: int, slow: Callable[..., None]) -> Callable[..., None]:
+        """``debug``/``info``: the handler's fast path (:meth:`AgentHandler.line`) when it can take
+        the line, else ``logging``'s own way (a ``LogRecord`` for every handler and filter)."""
+        logger, prefix = self.logger, self._prefix
 
-    def info(self, msg: Any, *args: Any, **kwargs: Any) -> None:
-        handler = _fast
-        if handler is None or args or kwargs or not handler.line(self.logger, logging.INFO, self._prefix, msg):
-            super().info(msg, *args, **kwargs)
+        def write(msg: Any, *args: Any, **kwargs: Any) -> None:
+            handler = _fast
+            if handler is None or args or kwargs or not handler.line(logger, level, prefix, msg):
+                slow(msg, *args, **kwargs)
+
+        def lines(*messages: str) -> None:
+            handler = _fast
+            if handler is None or not handler.lines(logger, level, prefix, messages):
+                for message in messages:
+                    slow(message)
+
+        write.lines = lines  # type: ignore[attr-defined]
+        return write
 
 
 def log_file_path() -> str | None:

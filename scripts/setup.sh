@@ -48,6 +48,8 @@ if ! $app_only; then
     || need_apt+=(mariadb-server)
   command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
   command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)  # checks the units `install` writes
+  # headless Chromium and its driver: the sandbox console's browser test
+  { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || need_apt+=(chromium chromium-driver)
   if [ ${#need_apt[@]} -gt 0 ]; then
     apt_install "${need_apt[@]}"
     # The packages start their services; the tests start their own servers on free ports.

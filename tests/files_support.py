@@ -33,7 +33,7 @@ import yaml
 from fliplet_workers.config import load_config
 from fliplet_workers.core.summary import RunSummary
 from fliplet_workers.logs import OperationLog
-from fliplet_workers.run import run_config
+from fliplet_workers.pipeline.agent import run_config
 from fliplet_workers.sandbox import DEMO_TOKEN, SandboxServer
 
 

@@ -14,6 +14,7 @@ import pytest
 from fliplet_workers import __version__
 from fliplet_workers.errors import AccessError, ApiError, AuthError
 from fliplet_workers.fliplet.client import FlipletClient, base_url_for
+from fliplet_workers.fliplet.sessions import new_session
 from fliplet_workers.sandbox import DEMO_TOKEN, NO_ACCESS_TOKEN, SandboxServer
 
 
@@ -39,7 +40,7 @@ class Recorder(http.server.BaseHTTPRequestHandler):
     mode = "ok"
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        Recorder.seen.append(dict(self.headers))
+        Recorder.seen.append({**self.headers, "path": self.path})
         if Recorder.mode == "drop":
             self.close_connection = True
             self.connection.close()
@@ -149,3 +150,47 @@ def test_find_applied_updates_compares_the_values_sent(sandbox: SandboxServer) -
              {"id": ids[0] + 999, "data": {"k": 2, "v": "old"}},  # another entry holds key 2
              {"id": ids[2], "data": {"k": 2, "v": "old", "more": None}}]  # a column the remote lacks
     assert client.find_applied_updates(ds, "k", asked) == [ids[0]]
+
+
+def test_sessions_read_proxies_once_and_honour_no_proxy(recorder: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``recorder`` plays an HTTP proxy: a proxied request names the whole URL in its request line."""
+    monkeypatch.setenv("HTTP_PROXY", recorder)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    with new_session() as http:
+        monkeypatch.delenv("HTTP_PROXY")  # read once: later changes do not matter
+        assert http.get("http://files.example.invalid/a.png", timeout=5).json()["user"]
+        assert http.get(recorder + "direct", timeout=5).ok  # NO_PROXY: straight to the server
+    assert [seen["path"] for seen in Recorder.seen] == ["http://files.example.invalid/a.png", "/direct"]
+    assert all(seen["User-Agent"] == f"Fliplet Agent/{__version__}" for seen in Recorder.seen)
+
+
+def test_an_explicit_ca_bundle_beats_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/corp/env-ca.pem")
+    for session in (new_session(ca_bundle="/corp/config-ca.pem"), new_session(base_url="https://api.fliplet.com/",
+                                                                              ca_bundle="/corp/config-ca.pem")):
+        settings = session.merge_environment_settings("https://api.fliplet.com/v1/user", {}, None, None, None)
+        assert settings["verify"] == "/corp/config-ca.pem"
+    settings = new_session().merge_environment_settings("https://x.example/", {}, None, None, None)
+    assert settings["verify"] == "/corp/env-ca.pem"
+
+
+def test_failure_kinds(sandbox: SandboxServer, recorder: str) -> None:
+    """What the retry rules decide by: the kind of each failure, never its status code."""
+    client = FlipletClient(DEMO_TOKEN, sandbox.url)
+    sandbox.faults.set(commit=["error", "drop-after-apply"])
+    kinds = []
+    for body in ({"append": True, "entries": []},) * 2 + ({"append": True, "entries": [{"id": 987654, "data": {}}]},):
+        with pytest.raises(ApiError) as failed:
+            client.commit(1, body)
+        kinds.append(failed.value.kind)
+    assert kinds == ["retry", "unknown", "refused"]
+    with pytest.raises(ApiError) as missing:
+        client.media_files(12345, 1)
+    assert missing.value.kind == "fatal" and missing.value.status == 404
+    with pytest.raises(AuthError) as rejected:
+        FlipletClient("eu--wrong", sandbox.url).user()
+    assert rejected.value.kind == "fatal"
+    Recorder.mode = "drop"
+    with pytest.raises(ApiError) as dropped:
+        FlipletClient("eu--tok", recorder).user()
+    assert dropped.value.kind == "unknown"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from fliplet_workers.config import load_config
-from fliplet_workers.run import run_config
+from fliplet_workers.pipeline.agent import run_config
 from fliplet_workers.sandbox import DEMO_TOKEN, SandboxServer
 
 

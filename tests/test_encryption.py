@@ -12,15 +12,20 @@ from typing import Any
 import pytest
 from files_support import FilesWorld, make_files_world
 
-from fliplet_workers import extensions
 from fliplet_workers.config.model import Config, Database, Encryption, Operation
 from fliplet_workers.core import crypto
 from fliplet_workers.core.batches import Batch
 from fliplet_workers.core.diff import same_data
-from fliplet_workers.encryption import PLACEHOLDER, Plaintext, decoder, encrypt_batch, placeholder_batch
 from fliplet_workers.errors import ConfigError, EncryptionError
 from fliplet_workers.fliplet.keystore import WRONG_SALT
-from fliplet_workers.run import run_config
+from fliplet_workers.pipeline.agent import run_config
+from fliplet_workers.pipeline.steps.encryption import (
+    PLACEHOLDER,
+    Plaintext,
+    decoder,
+    encrypt_batch,
+    placeholder_batch,
+)
 from fliplet_workers.sandbox import DEMO_TOKEN, SandboxServer
 from fliplet_workers.secrets import Secret
 
@@ -214,7 +219,9 @@ def test_dry_run_prepare_encrypts_with_a_known_key_or_shows_a_placeholder(sandbo
                                                                           tmp_path: Path) -> None:
     """What the dry-run dump can show: ``run.prepare`` in a dry run uploads nothing and creates nothing."""
     from fliplet_workers.config import load_config
-    from fliplet_workers.run import OperationRun, connect_client
+    from fliplet_workers.pipeline.connect import connect_client
+    from fliplet_workers.pipeline.spec import Resources, RunSpec
+    from fliplet_workers.pipeline.steps.chain import open_steps
 
     w = world(sandbox, tmp_path)
     batch = Batch(number=1, entries=[{"data": {"id": 1, "name": "Ann", "pic": "/srv/a.png"}}])
@@ -223,34 +230,38 @@ def test_dry_run_prepare_encrypts_with_a_known_key_or_shows_a_placeholder(sandbo
         ({"encrypt": {"fields": ["name"], "key": KEY}}, lambda v: crypto.decrypt(v, KEY) == "Ann"),
     ):
         config = load_config(w.write_config(files=[{"column": "pic", "type": "local"}], **options))
-        run = OperationRun(config=config, index=0, client=connect_client(config), log=w.log, dry_run=True)
-        extensions.attach(run)
-        assert run.prepare is not None
-        data = run.prepare(batch).entries[0]["data"]
+        client = connect_client(config)
+        steps = open_steps(RunSpec(config=config, index=0, dry_run=True), Resources(api=client, log=w.log))
+        assert steps.active
+        data = steps.prepare(batch).entries[0]["data"]
         assert check(data["name"]) and data["pic"] == "/srv/a.png"
-        run.client.close()
+        steps.close()
+        client.close()
     assert (keystores(sandbox), w.media_files()) == ([], 0)
 
 
 def test_encrypt_only_for_a_fleet_commit_task_reads_the_key_without_creating_it(sandbox: SandboxServer,
                                                                                 tmp_path: Path) -> None:
     from fliplet_workers.config import load_config
-    from fliplet_workers.run import OperationRun, connect_client
+    from fliplet_workers.pipeline.connect import connect_client
+    from fliplet_workers.pipeline.spec import Resources, RunSpec
+    from fliplet_workers.pipeline.steps.chain import open_steps
+    from fliplet_workers.pipeline.steps.encryption import EncryptStep, KeyCache
 
     w = world(sandbox, tmp_path)
     config = load_config(w.write_config(encrypt={"fields": ["name"]}))
     batch = Batch(number=1, entries=[{"data": {"id": 1, "name": "Ann"}}])
-
-    def fresh_run() -> OperationRun:
-        return OperationRun(config=config, index=0, client=connect_client(config), log=w.log)
+    spec = RunSpec(config=config, index=0)
+    client = connect_client(config)
 
     with pytest.raises(EncryptionError, match="holds no encryption key yet"):
-        extensions.encrypt_only(fresh_run(), batch)
+        KeyCache().key(spec, client)
     assert keystores(sandbox) == [] or stored_key_content(sandbox, keystores(sandbox)[0]["id"]) == []
-    planner = fresh_run()
-    extensions.attach(planner)  # the plan step creates keystore and key
-    committer = fresh_run()
-    name = extensions.encrypt_only(committer, batch).entries[0]["data"]["name"]
+    open_steps(spec, Resources(api=client, log=w.log)).close()  # the plan step creates keystore and key
+    committer = KeyCache()  # a commit task: reads the key (once per process and config)
+    name = EncryptStep(("name",), committer.key(spec, client)).apply(batch).entries[0]["data"]["name"]
+    assert committer.key(spec, client) is committer.key(spec, client)
+    client.close()
     [ks] = keystores(sandbox)
     key = crypto.decrypt(stored_key_content(sandbox, ks["id"])[0]["content"], f"1-{ks['id']}")
     assert crypto.decrypt(name, key) == "Ann"

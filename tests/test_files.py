@@ -22,17 +22,16 @@ from files_support import FileServer, FilesWorld, make_files_world
 from fliplet_workers.config.model import FileColumn, Operation
 from fliplet_workers.core.batches import Batch
 from fliplet_workers.errors import FileFetchError
-from fliplet_workers.files import (
+from fliplet_workers.fliplet.media import FOLDER_NAME, MultipartBody
+from fliplet_workers.pipeline.steps.fetch import remote_name, resolve_local
+from fliplet_workers.pipeline.steps.files import (
     FileJob,
     FileResult,
     apply_file_results,
     file_jobs,
-    remote_name,
-    resolve_local,
     shown_location,
     upload_name,
 )
-from fliplet_workers.fliplet.media import FOLDER_NAME, MultipartBody
 from fliplet_workers.sandbox import DEMO_TOKEN, SandboxServer
 from fliplet_workers.sandbox.server import parse_multipart
 from fliplet_workers.secrets import Secret
@@ -304,7 +303,7 @@ def test_dry_run_reads_and_uploads_nothing(sandbox: SandboxServer, files: FileSe
 
 def test_code_config_files(sandbox: SandboxServer, files: FileServer, tmp_path: Path) -> None:
     from fliplet_workers.config import load_config
-    from fliplet_workers.run import run_config
+    from fliplet_workers.pipeline.agent import run_config
 
     w = world(sandbox, tmp_path, "pic")
     w.insert({"id": 1, "name": "a", "pic": files.add("/code.png", b"\x89PNG code", "image/png")})

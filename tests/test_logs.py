@@ -157,7 +157,7 @@ def test_a_failed_run_still_writes_its_buffered_lines(sandbox: SandboxServer, tm
     """A run that raises (an unknown data source here) has written every line before the error."""
     from fliplet_workers.config import load_config
     from fliplet_workers.errors import AgentError
-    from fliplet_workers.run import run_config
+    from fliplet_workers.pipeline.agent import run_config
 
     monkeypatch.setattr(logs, "FLUSH_SECONDS", 600.0)
     log_file = tmp_path / "agent.log"

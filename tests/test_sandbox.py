@@ -365,15 +365,21 @@ def test_autosave_writes_the_file_while_running(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- page, logs, size
 
 
-def test_html_page_lists_entries_escaped(api: Api, sandbox: SandboxServer) -> None:
+def test_html_page_is_the_index_of_data_sources_escaped(api: Api, sandbox: SandboxServer) -> None:
     commit(api, 1, [{"data": {"Email": "a@example.com", "Note": "<script>x</script>"}},
                     {"data": {"Email": "b@example.com", "Extra": 5}}])
+    sandbox.store.create_data_source("<script>alert(1)</script>")
     reply = requests.get(sandbox.url, headers=sandbox.headers, timeout=10)
     assert reply.status_code == 200 and reply.headers["Content-Type"].startswith("text/html")
     page = reply.text
-    for text in ("Users", "Demo", "a@example.com", "b@example.com", "<th>Extra</th>", "2 entries"):
+    for text in ("Users", "Demo", ">2</td>", "3 data source(s) this token may read, 2 entries in total"):
         assert text in page
-    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    # the only script is the console's own file; entries come from its JSON, as data
+    assert page.count("<script") == 1 and '<script src="/_console/console.js" defer></script>' in page
+    entries = api.get("_console/api/data-sources/1/entries").json()
+    assert [e["data"]["Email"] for e in entries["entries"]] == ["a@example.com", "b@example.com"]
+    assert entries["columns"] == ["Email", "Note", "Extra"]
 
 
 def test_requests_are_logged_without_the_token(api: Api, caplog: pytest.LogCaptureFixture) -> None:
@@ -596,14 +602,17 @@ def test_login_sets_a_strict_httponly_cookie_and_shows_only_readable_sources(api
     browser = login(sandbox, "eu--demo-only")
     page = browser.get(sandbox.url, timeout=10)
     assert page.status_code == 200
-    assert "in-demo@example.com" in page.text and "#2 Demo" in page.text
-    assert "in-users@example.com" not in page.text and "#1 Users" not in page.text
+    assert '<a href="/#/ds/2">Demo</a>' in page.text and '<a href="/#/ds/1">' not in page.text
     assert "demo-only@example.com" in page.text and "Log out" in page.text
+    entries = browser.get(sandbox.url + "_console/api/data-sources/2/entries", timeout=10).json()["entries"]
+    assert [e["data"]["Email"] for e in entries] == ["in-demo@example.com"]
+    assert browser.get(sandbox.url + "_console/api/data-sources/1/entries", timeout=10).status_code == 403
 
     with_header = requests.get(sandbox.url, headers=sandbox.headers, timeout=10).text
-    assert "in-users@example.com" in with_header and "in-demo@example.com" in with_header
+    assert '<a href="/#/ds/1">Users</a>' in with_header and '<a href="/#/ds/2">Demo</a>' in with_header
+    assert "Log out" not in with_header  # no session to end
     nothing = requests.get(sandbox.url, headers={"Auth-token": NO_ACCESS_TOKEN}, timeout=10)
-    assert nothing.status_code == 200 and "in-demo" not in nothing.text and "in-users" not in nothing.text
+    assert nothing.status_code == 200 and "may read no data source" in nothing.text and "/#/ds/" not in nothing.text
 
     name = sandbox.app.access.cookie_name
     session = browser.cookies[name]

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from fliplet_workers.schedule import (
+from fliplet_workers.cron import (
     Schedule,
     default_timezone,
     host_timezone,
@@ -230,8 +230,8 @@ def test_eight_oclock_in_tokyo_is_eight_oclock_tokyo_time() -> None:
 def test_fleet_beat_uses_the_same_rule(tmp_path: Path) -> None:
     """The beat's entries: a config's ``timezone`` wins over the fleet's zone, which is
     ``FLIPLET_TIMEZONE`` else the beat host's local time (the settings read it with the shared rule)."""
+    from fliplet_workers.fleet.beat import entries_from
     from fliplet_workers.fleet.registry import Registry
-    from fliplet_workers.fleet.schedule import entries_from
     from fliplet_workers.fleet.settings import FleetSettings
 
     common = ("auth_token: eu--x\ndatasource_id: 1\ndatabase_driver: sqlite\ndatabase_name: a.db\n"

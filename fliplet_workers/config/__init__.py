@@ -1,4 +1,9 @@
-"""The config model and its loaders. ``load_config(path)`` is the one entry point."""
+"""The config model and its loaders. ``load_config(path)`` is the one entry point.
+
+Every option is declared once, in :mod:`.options`; ``python -m fliplet_workers.config.reference``
+prints the README's option reference from it. The loaders are imported on first use so that code
+reading only the model (the core, the fleet's tasks) does not import YAML or run the option table.
+"""
 
 import os
 
@@ -9,8 +14,9 @@ from fliplet_workers.config.model import (
     FileColumn,
     Operation,
 )
+from fliplet_workers.config.problems import NeedsEnvironment
 
-__all__ = ["Config", "Database", "Encryption", "FileColumn", "Operation", "load_config"]
+__all__ = ["Config", "Database", "Encryption", "FileColumn", "NeedsEnvironment", "Operation", "load_config"]
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -45,7 +45,7 @@ class Database:
 
 @dataclass(frozen=True)
 class FileColumn:
-    """A column whose value names a file to upload to Fliplet (see ``fliplet_workers.files``)."""
+    """A column whose value names a file to upload to Fliplet (see ``fliplet_workers.pipeline.steps.files``)."""
 
     column: str
     type: FileType

@@ -1,8 +1,8 @@
 """The original agent's YAML config format: one file, one operation.
 
 Every option of the original is accepted under its original name (see ``configs/examples/users.yml``
-for all of them, documented), plus a few of ours: ``api_url``, ``ca_bundle``, ``database_url``,
-``retries``, ``retry_delay`` and ``timeout``.
+for all of them, documented), plus a few of ours; which ones is the option table's answer
+(:data:`~.options.YAML_TOP`: the options whose ``yaml`` is true, database ones prefixed ``database_``).
 
 The file is composed into a YAML node tree with ``SafeLoader`` (so every key's line is known) and
 converted to plain values by hand: keys are always the text written, and the source text of every
@@ -18,62 +18,25 @@ from typing import Any
 
 import yaml
 
-from fliplet_workers.config.loader import (
-    PULL_ONLY,
-    PUSH_ONLY,
+from fliplet_workers.config.connection import read_database
+from fliplet_workers.config.model import Config
+from fliplet_workers.config.operations import read_operation, read_settings
+from fliplet_workers.config.options import DATABASE_PARTS, YAML_OPTIONS, YAML_TOP
+from fliplet_workers.config.problems import (
     Key,
     Report,
-    Section,
     display_path,
     fail_if_problems,
-    read_database,
-    read_operation,
-    read_settings,
     read_text,
     shown,
-    spellings_of,
     substitute_env,
 )
-from fliplet_workers.config.model import Config
+from fliplet_workers.config.section import Section
 
 __all__ = ["YAML_OPTIONS", "load_yaml_config"]
 
-SETTINGS = (
-    "auth_token",
-    "api_url",
-    "ca_bundle",
-    "sync_on_init",
-    "log_verbosity",
-    "retries",
-    "timeout",
-    "retry_delay",
-    "query_timeout",
-    "timezone",
-    "alert_webhook",
-)
-DATABASE = tuple(
-    f"database_{part}"
-    for part in (
-        "driver",
-        "host",
-        "port",
-        "name",
-        "username",
-        "password",
-        "domain",
-        "instance",
-        "encrypt",
-        "native_odbc",
-        "url",
-    )
-)
-#: Code-config only: functions cannot be written in YAML.
-_FUNCTIONS = ("source", "on_sync", "action")
-OPERATION = ("type", "datasource_id", "description", "frequency") + tuple(
-    name for name in PUSH_ONLY + PULL_ONLY if name not in _FUNCTIONS
-)
-#: Every option a YAML config may set.
-YAML_OPTIONS = SETTINGS + DATABASE + OPERATION
+#: The YAML names of the database options: any of them given means a database is meant.
+DATABASE = tuple(f"database_{part}" for part in DATABASE_PARTS)
 
 _TYPED_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool", "null")}
 _MAX_NODES = 100_000  # a config is small; this stops "billion laughs" alias bombs
@@ -81,7 +44,7 @@ _MAX_NODES = 100_000  # a config is small; this stops "billion laughs" alias bom
 
 def load_yaml_config(path: Path) -> Config:
     """Read, validate and convert a YAML config. Raises ``ConfigError`` with every problem found."""
-    report = Report(label=path.name)
+    report = Report(label=path.name, base_dir=path.resolve().parent)
     text = read_text(path, report)
     fail_if_problems(path, report)
     assert text is not None
@@ -96,10 +59,9 @@ def load_yaml_config(path: Path) -> Config:
     assert isinstance(data, dict)
     data = substitute_env(data, (), report)
 
-    base_dir = path.resolve().parent
-    sec = Section(report, data, (), spellings_of(YAML_OPTIONS))
-    settings = read_settings(sec, base_dir)
-    database = read_database(sec, "database_", base_dir)
+    sec = Section(report, data, (), YAML_TOP)
+    settings = read_settings(sec, "yaml")
+    database = read_database(sec, "database_")
     has_database = any(sec.given(name) for name in DATABASE)
     kind = sec.choice("type", ("push", "pull"))
     if kind is None and sec.has("type"):  # wrong (reported): guess from the options to say more

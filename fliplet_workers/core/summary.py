@@ -1,9 +1,19 @@
-"""The outcome of one run, as logged, returned by ``run_operation`` and shown in Flower."""
+"""The outcome of one run, as logged, returned by ``run_operation`` and shown in Flower.
+
+The rules that turn a plan's tally and the batches' commit outcomes into a summary live here, pure,
+so the foreground agent (which has the tally) and the fleet's finalize step (which has only the
+counts staged in Redis) sum a run alike.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from fliplet_workers.core import guard
+from fliplet_workers.core.diff import Tally
+from fliplet_workers.core.retry import CommitOutcome
 
 
 @dataclass
@@ -36,3 +46,35 @@ class RunSummary:
         out = asdict(self)
         out["affected"] = self.affected
         return out
+
+    def add_outcome(self, outcome: CommitOutcome) -> None:
+        """Add one batch's commit outcome."""
+        self.inserted += outcome.inserted
+        self.updated += outcome.updated
+        self.deleted += outcome.deleted
+        self.skipped += outcome.rejected_entries
+        self.errors.extend(outcome.errors)
+        self.retries += max(0, outcome.attempts - 1)
+        self.ok = self.ok and outcome.committed
+
+    def add_plan(self, tally: Tally, batches: int) -> None:
+        """Add the plan: skipped rows are errors (already logged, one each), and a plan that skipped
+        every row or was refused its deletions fails the run."""
+        self.unchanged = tally.unchanged
+        self.skipped += len(tally.skips)
+        self.batches = batches
+        self.errors[:0] = [skip.message for skip in tally.skips]
+        self.logged_errors += len(tally.skips)
+        self.fail_plan(tally.counts())
+
+    def fail_plan(self, counts: Mapping[str, int], *, rows_listed: bool = True) -> None:
+        """Fail for what the plan's counts say went wrong (:func:`guard.plan_failures`). The fleet's
+        finalize step has only the counts: ``rows_listed=False`` adds one line for its skipped rows
+        (each was logged by the planner)."""
+        if not rows_listed and counts.get("skipped"):
+            self.errors.append(f"{counts['skipped']} source row(s) were skipped for a missing, duplicate or "
+                               "invalid primary key value (each is logged with its reason).")
+        failures = guard.plan_failures(counts)
+        self.errors.extend(failures)
+        if failures:
+            self.ok = False

@@ -19,7 +19,7 @@ from celery.signals import after_setup_logger, after_setup_task_logger
 from fliplet_workers.fleet.settings import FleetSettings, current
 from fliplet_workers.logs import RedactFilter
 
-SCHEDULER = "fliplet_workers.fleet.schedule:ConfigScheduler"
+SCHEDULER = "fliplet_workers.fleet.beat:ConfigScheduler"
 RECOVER_ENTRY = "fliplet-recover"
 
 log = logging.getLogger("fliplet_workers.fleet")

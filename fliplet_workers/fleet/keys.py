@@ -12,7 +12,8 @@ key                                        type    what it holds
 ``fleet:run:<id>``                         hash    run metadata: config, operation, started, batches,
                                                    plan counts, state, summary once finalized
 ``fleet:run:<id>:batch:<n>``               string  the staged batch, encrypted fields encrypted (orjson of
-                                                   ``Batch.to_dict``); deleted once the batch has an outcome
+                                                   ``Batch.to_dict``: entries with their keys) and its file
+                                                   jobs; deleted once the batch has an outcome
 ``fleet:run:<id>:batch:<n>:state``         hash    attempts, last_error, inflight, worker, outcome
 ``fleet:run:<id>:batch:<n>:lease``         string  worker committing the batch now (PX ttl, renewed)
 ``fleet:run:<id>:batch:<n>:file:<i>``      string  result of file upload job ``i`` of the batch

@@ -41,8 +41,8 @@ import redis
 
 from fliplet_workers.core.retry import CommitOutcome
 from fliplet_workers.fleet import flow, history, keys
-from fliplet_workers.fleet.context import Fleet
 from fliplet_workers.fleet.locks import Lock
+from fliplet_workers.fleet.runtime import Fleet
 from fliplet_workers.fleet.settings import connect
 from fliplet_workers.fleet.staging import PLANNING, RunMeta, active, mark_active
 from fliplet_workers.fleet.state import outcomes
@@ -208,7 +208,7 @@ def _recover_remembered(fleet: Fleet, run_id: str, config: str, operation: int, 
         recent = history.last(fleet.redis, config, operation, fleet.settings.history)
         if any(r.get("run_id") == run_id for r in recent):  # ended, and its state expired since
             return
-        ended = flow.end_lost(fleet, run_id, config, operation, flow._vanished(run_id))
+        ended = flow.end_lost(fleet, run_id, config, operation, flow.vanished_reason(run_id))
         if ended is not None:
             send.ended(ended)
             report.failed.append(run_id)

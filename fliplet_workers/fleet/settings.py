@@ -67,7 +67,7 @@ class FleetSettings:
     redis_url: str = DEFAULT_BROKER
     config_dir: str = "configs"
     #: ``FLIPLET_TIMEZONE``, else the host's local time; a config's ``timezone`` overrides it
-    #: (:func:`fliplet_workers.schedule.schedule_timezone`, the foreground agent's rule too).
+    #: (:func:`fliplet_workers.cron.schedule_timezone`, the foreground agent's rule too).
     timezone: str = "UTC"
     run_ttl: float = 86400.0
     lock_ttl: float = 900.0
@@ -89,7 +89,7 @@ class FleetSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> FleetSettings:
         env = os.environ if env is None else env
         broker = env.get("FLIPLET_BROKER_URL") or DEFAULT_BROKER
-        from fliplet_workers.schedule import default_timezone
+        from fliplet_workers.cron import default_timezone
 
         timezone = default_timezone(env)
         _check_zone(timezone)

@@ -6,6 +6,10 @@ they would be copied into every retry and into Flower. The planner opens the run
 commits overlap reading the source), then closes the run with the batch count. Everything expires
 after ``FLIPLET_RUN_TTL`` even if the run never finishes.
 
+:class:`StagingSink` is the fleet's sink of the pipeline (:mod:`fliplet_workers.pipeline.sinks`): the
+planning task pushes through it exactly as the foreground agent pushes through its thread pool. Each
+batch is staged with its file jobs, listed once here (the upload and commit tasks read them).
+
 The run ends when every batch has reported (a set of batch numbers that reaches the batch count),
 which is idempotent, unlike a counter: a commit task that runs twice (redelivered after its worker
 died) adds its number once.
@@ -13,7 +17,9 @@ died) adds its number once.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,8 +27,16 @@ import orjson
 import redis
 
 from fliplet_workers.core.batches import Batch
+from fliplet_workers.core.summary import RunSummary
 from fliplet_workers.fleet import keys
 from fliplet_workers.fleet.locks import Lock
+from fliplet_workers.pipeline.spec import RunSpec
+from fliplet_workers.pipeline.steps.chain import Steps
+from fliplet_workers.pipeline.steps.files import FileJob
+
+#: Sends one batch's chain (its file uploads, then its commit): (run id, batch number, file jobs,
+#: config name, operation). The planner calls it the moment a batch is staged.
+Dispatch = Callable[[str, int, int, str, int], None]
 
 # KEYS[1] = done set, KEYS[2] = sent hash, ARGV[1] = batch number, ARGV[2] = ttl s, ARGV[3] = now
 # → {added, count}
@@ -108,10 +122,12 @@ class RunStore:
             pipe.expire(self.key, self.ttl)
             pipe.execute()
 
-    def add_batch(self, batch: Batch, file_jobs: dict[int, int]) -> None:
-        """Stage one batch (``file_jobs``: the run's file-upload counts so far, by batch number)."""
+    def add_batch(self, batch: Batch, file_jobs: dict[int, int], jobs: list[FileJob] | None = None) -> None:
+        """Stage one batch and its file ``jobs`` (``file_jobs``: the run's file-upload counts so far, by
+        batch number)."""
+        staged = batch.to_dict() | {"file_jobs": [job.to_dict() for job in jobs or ()]}
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.set(keys.batch(self.run_id, batch.number), orjson.dumps(batch.to_dict()), ex=self.ttl)
+            pipe.set(keys.batch(self.run_id, batch.number), orjson.dumps(staged), ex=self.ttl)
             pipe.hset(self.key, "staged", batch.number)
             pipe.hset(keys.sent(self.run_id), str(batch.number), f"{time.time():.3f}")
             pipe.expire(keys.sent(self.run_id), self.ttl)
@@ -148,8 +164,16 @@ class RunStore:
         pipe.expire(self.key, self.ttl)
 
     def batch(self, number: int) -> Batch | None:
+        staged = self.staged(number)
+        return None if staged is None else staged[0]
+
+    def staged(self, number: int) -> tuple[Batch, list[FileJob]] | None:
+        """Batch ``number`` as staged, with its file jobs (None once it is gone)."""
         raw = self.client.get(keys.batch(self.run_id, number))
-        return None if raw is None else Batch.from_dict(orjson.loads(raw))
+        if raw is None:
+            return None
+        data = orjson.loads(raw)
+        return Batch.from_dict(data), [FileJob.from_dict(job) for job in data.get("file_jobs") or ()]
 
     def mark_done(self, number: int) -> tuple[bool, int]:
         """Record that batch ``number`` has an outcome: (whether this call added it, how many have)."""
@@ -201,3 +225,60 @@ class RunStore:
         """The rows are no longer needed once the run is finalized (the rest expires with the run)."""
         if count:
             self.client.delete(*(keys.batch(self.run_id, n) for n in range(1, count + 1)))
+
+
+class PlanningStopped(Exception):
+    """The planner lost its heartbeat or the run's lock (another task took over, or Redis lost the
+    run's state): it must not stage or send anything more."""
+
+
+class StagingSink:
+    """The fleet's sink: stage each batch in Redis the moment it is cut and dispatch its chain.
+
+    Staged batches carry ``encrypt.fields`` already encrypted (file columns excepted: their value is a
+    file name until the upload step rewrites it; the commit step encrypts those), so that no plaintext
+    of an encrypted field reaches Redis or its AOF. ``lost`` is set when the planner's heartbeat or
+    lock was taken: it then stops at once (:class:`PlanningStopped`).
+    """
+
+    def __init__(self, store: RunStore, spec: RunSpec, steps: Steps, send: Dispatch, *,
+                 lost: threading.Event | None = None, first_batch: int = 1,
+                 file_jobs: dict[int, int] | None = None, sent_before: Callable[[int], int] | None = None) -> None:
+        self.store, self.spec, self.send, self.lost = store, spec, send, lost
+        self.files = steps.files
+        file_columns = {f.column for f in spec.op.files}
+        self.encrypt = steps.encrypt.only(lambda f: f not in file_columns) if steps.encrypt else None
+        self.first_batch = first_batch
+        self.file_jobs = dict(file_jobs or {})
+        self.sent_before = sent_before
+        self.handed = 0
+        self.last = first_batch - 1
+        self.counts: dict[str, int] = {}
+
+    def put(self, batch: Batch) -> None:
+        self._check()
+        jobs = self.files.jobs(batch) if self.files is not None else []
+        if jobs:
+            self.file_jobs[batch.number] = len(jobs)
+        staged = self.encrypt.apply(batch) if self.encrypt is not None and self.encrypt.key else batch
+        self.store.add_batch(staged, self.file_jobs, jobs)
+        self.send(self.store.run_id, batch.number, len(jobs), self.spec.config.name, self.spec.index)
+        self.handed += 1
+        self.last = batch.number
+
+    def settle(self, summary: RunSummary, counts: dict[str, int]) -> bool:
+        """Close the staged run: from now on the last batch to finish ends it (never here)."""
+        self._check()
+        if self.first_batch > 1 and self.sent_before is not None:
+            # rows the first planner sent look unchanged to this one: count them once
+            counts["unchanged"] = max(0, counts.get("unchanged", 0) - self.sent_before(self.first_batch - 1))
+        self.store.close(self.last, counts)
+        self.counts = counts
+        return False
+
+    def close(self) -> None:
+        """Nothing to release: what is staged stays for the workers."""
+
+    def _check(self) -> None:
+        if self.lost is not None and self.lost.is_set():
+            raise PlanningStopped("the planner's heartbeat or the operation lock was lost")

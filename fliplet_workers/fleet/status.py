@@ -22,11 +22,11 @@ from typing import Any, TextIO
 
 import redis
 
+from fliplet_workers.cron import next_run, schedule_timezone
 from fliplet_workers.fleet import history, keys
 from fliplet_workers.fleet.locks import Lock
 from fliplet_workers.fleet.registry import ConfigFile, Registry, Scan
 from fliplet_workers.fleet.settings import FleetSettings, SettingsError, connect, describe_url
-from fliplet_workers.schedule import next_run, schedule_timezone
 
 INVALID, UNREACHABLE, LAST_RUN_FAILED = 2, 1, 3
 QUEUE = "celery"

@@ -30,7 +30,7 @@ import fliplet_workers.sources.sql  # noqa: F401 - see below
 from fliplet_workers import alerts
 from fliplet_workers.fleet import flow, outcome, recovery
 from fliplet_workers.fleet.app import app
-from fliplet_workers.fleet.context import current
+from fliplet_workers.fleet.runtime import current
 
 # The worker imports this module before it forks its pool processes: importing the SQL layer
 # (SQLAlchemy) here, once, spares every pool process ~0.2 s at its first sync.

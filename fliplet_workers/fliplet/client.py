@@ -1,33 +1,41 @@
-"""A thin client for the Fliplet REST API calls the agent makes (see ``shared/fliplet-api.md``).
+"""``FlipletClient``: the :class:`~fliplet_workers.fliplet.api.FlipletApi` calls over HTTP (see
+``shared/fliplet-api.md``).
 
 On the wire it behaves like the original agent: the base URL comes from the token's region, every
 request carries ``Auth-token`` and ``User-Agent: Fliplet Agent/<version>``, and the server's
 ``message`` is what the user sees. Unlike the original it keeps TLS verification on (``ca_bundle``
 for corporate proxies), reuses connections, and reads ``GET .../data`` as a stream so that a million
 entries are never held in memory at once.
+
+Every failure leaves here typed and classified (:mod:`fliplet_workers.fliplet.failures`): whoever
+calls decides by ``error.kind``, never by an HTTP status code.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping
+from http import HTTPStatus
 from typing import Any
 
 import ijson
 import orjson
 import requests
-from requests.adapters import HTTPAdapter
 
-from fliplet_workers import __version__
-from fliplet_workers.errors import AccessError, ApiError, AuthError
+from fliplet_workers.errors import AccessError, AgentError, ApiError, AuthError
+from fliplet_workers.fliplet import lookups
+from fliplet_workers.fliplet.api import FlipletApi, MediaUpload
+from fliplet_workers.fliplet.failures import kind_of
+from fliplet_workers.fliplet.multipart import MultipartBody
+from fliplet_workers.fliplet.sessions import USER_AGENT, new_session
 from fliplet_workers.secrets import redact, register
+
+__all__ = ["REGIONS", "USER_AGENT", "FlipletClient", "base_url_for", "error_for"]
 
 REGIONS = {
     "eu": "https://api.fliplet.com/",
     "us": "https://us.api.fliplet.com/",
     "ca": "https://ca.api.fliplet.com/",
 }
-USER_AGENT = f"Fliplet Agent/{__version__}"
 
 
 def base_url_for(token: str, override: str | None = None) -> str:
@@ -37,7 +45,24 @@ def base_url_for(token: str, override: str | None = None) -> str:
     return REGIONS.get(str(token)[:2].lower(), REGIONS["eu"])
 
 
-class FlipletClient:
+def error_for(status: int, message: str, datasource_id: int | None, reason: str | None = None) -> AgentError:
+    """The typed error for an HTTP error answer with the server's ``message`` (may be empty).
+
+    Shared with :class:`~fliplet_workers.fliplet.memory.MemoryApi`, so both report alike.
+    """
+    if status == 401:
+        return AuthError(message or "the token was rejected (HTTP 401)")
+    if status in (403, 404) and datasource_id is not None:
+        guidance = (f"You don't have access to the dataSource ({datasource_id}). "
+                    "Please check the permissions of your Fliplet user.")
+        return AccessError(f"{guidance} The server said: {message}" if message else guidance)
+    if status == 403:
+        return AccessError(message or "Access denied (HTTP 403)")
+    text = message or reason or _phrase(status)
+    return ApiError(f"{text} (HTTP {status})", status=status, kind=kind_of(status))
+
+
+class FlipletClient(FlipletApi):
     """One authenticated session against the Fliplet API."""
 
     def __init__(
@@ -54,17 +79,8 @@ class FlipletClient:
         register(str(token))
         self.base_url = base_url_for(token, base_url)
         self.timeout = timeout
-        self.session = requests.Session()
-        self.session.headers.update({"Auth-token": str(token), "User-Agent": USER_AGENT})
-        # The environment (HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE…) is read once here instead of on
-        # every request (requests re-reads it each time, ~0.3 ms per commit).
-        env_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-        self.session.verify = ca_bundle or env_bundle or True
-        self.session.proxies.update(requests.utils.get_environ_proxies(self.base_url))
-        self.session.trust_env = False
-        adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self.session = new_session(base_url=self.base_url, ca_bundle=ca_bundle,
+                                   headers={"Auth-token": str(token)}, pool_size=pool_size)
 
     def __repr__(self) -> str:
         return f"FlipletClient(base_url={self.base_url!r})"
@@ -81,69 +97,58 @@ class FlipletClient:
         *,
         json: Any = None,
         params: Mapping[str, Any] | None = None,
-        files: Any = None,
         data: Any = None,
         stream: bool = False,
         datasource_id: int | None = None,
         timeout: float | None = None,
         content_type: str | None = None,
     ) -> requests.Response:
-        """Send one request; map failures to AuthError / AccessError / ApiError.
-
-        ``ApiError.outcome_unknown`` is set when the request may have been applied (the connection was
-        lost or no answer came in time); a refused connection is known not to have been.
-        """
-        url = self.base_url + path.lstrip("/")
+        """Send one request; map failures to AuthError / AccessError / ApiError (with its kind)."""
         body = orjson.dumps(json) if json is not None else data
         if json is not None:
             content_type = "application/json"
         headers = {"Content-Type": content_type} if content_type else None
         try:
             response = self.session.request(
-                method, url, data=body, params=params, files=files, headers=headers,
+                method, self.base_url + path.lstrip("/"), data=body, params=params, headers=headers,
                 stream=stream, timeout=timeout or self.timeout,
             )
-        except requests.exceptions.ConnectTimeout:
-            raise ApiError(f"Could not connect to {self.base_url} (timed out)") from None
-        except requests.exceptions.SSLError as error:
-            raise ApiError(f"TLS verification of {self.base_url} failed: {redact(str(error))}. "
-                           "Set 'ca_bundle' to your proxy's CA certificate file.") from None
-        except requests.exceptions.ConnectionError as error:
-            if _never_connected(error):
-                raise ApiError(f"Could not connect to {self.base_url}: {_reason(error)}") from None
-            raise ApiError(f"The connection to {self.base_url} was lost: {_reason(error)}",
-                           outcome_unknown=True) from None
-        except requests.exceptions.Timeout:
-            hint = "" if timeout else " (option 'timeout')"
-            raise ApiError(f"No answer from {self.base_url} within {timeout or self.timeout:g} seconds{hint}",
-                           outcome_unknown=True) from None
         except requests.exceptions.RequestException as error:
-            raise ApiError(redact(str(error)), outcome_unknown=True) from None
+            raise self._transport_error(error, timeout) from None
         if response.status_code >= 400:
-            self._raise_for(response, datasource_id)
+            raise error_for(response.status_code, _server_message(response), datasource_id, response.reason)
         return response
 
-    def _raise_for(self, response: requests.Response, datasource_id: int | None) -> None:
-        message = _server_message(response)
-        status = response.status_code
-        if status == 401:
-            raise AuthError(message or "the token was rejected (HTTP 401)")
-        if status in (403, 404) and datasource_id is not None:
-            guidance = (f"You don't have access to the dataSource ({datasource_id}). "
-                        "Please check the permissions of your Fliplet user.")
-            raise AccessError(f"{guidance} The server said: {message}" if message else guidance)
-        if status == 403:
-            raise AccessError(message or "Access denied (HTTP 403)")
-        raise ApiError(f"{message or response.reason} (HTTP {status})", status=status)
+    def _transport_error(self, error: requests.exceptions.RequestException, timeout: float | None) -> ApiError:
+        """No answer: "retry" when the request never reached the server, else "unknown"."""
+        if isinstance(error, requests.exceptions.ConnectTimeout):
+            return ApiError(f"Could not connect to {self.base_url} (timed out)", kind="retry")
+        if isinstance(error, requests.exceptions.SSLError):
+            return ApiError(f"TLS verification of {self.base_url} failed: {redact(str(error))}. "
+                            "Set 'ca_bundle' to your proxy's CA certificate file.", kind="retry")
+        if isinstance(error, requests.exceptions.ConnectionError):
+            if _never_connected(error):
+                return ApiError(f"Could not connect to {self.base_url}: {_reason(error)}", kind="retry")
+            return ApiError(f"The connection to {self.base_url} was lost: {_reason(error)}", kind="unknown")
+        if isinstance(error, requests.exceptions.Timeout):
+            hint = "" if timeout else " (option 'timeout')"
+            return ApiError(f"No answer from {self.base_url} within {timeout or self.timeout:g} seconds{hint}",
+                            kind="unknown")
+        return ApiError(redact(str(error)), kind="unknown")
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Any call, its JSON answer parsed. For code configs' ``agent.api`` (arbitrary paths); the
+        package itself uses the typed methods below."""
         return _parse_json(self.request(method, path, **kwargs), path)
 
-    # -- calls -----------------------------------------------------------------------------------
+    # -- data sources and entries ------------------------------------------------------------------
 
     def user(self) -> dict[str, Any]:
         """``GET v1/user``: verifies the token."""
         return dict(self.json("GET", "v1/user").get("user") or {})
+
+    def organizations(self) -> list[dict[str, Any]]:
+        return list(self.json("GET", "v1/organizations").get("organizations") or [])
 
     def iter_entries(self, datasource_id: int) -> Iterator[dict[str, Any]]:
         """``GET v1/data-sources/:id/data``, parsed incrementally, one entry at a time."""
@@ -154,7 +159,7 @@ class FlipletClient:
             yield from ijson.items(response.raw, "entries.item", use_float=True)
         except (ijson.JSONError, requests.exceptions.RequestException, OSError) as error:
             raise ApiError(f"Reading the entries of data source {datasource_id} failed: {redact(str(error))}",
-                           outcome_unknown=True) from None
+                           kind="unknown") from None
         finally:
             response.close()
 
@@ -175,55 +180,57 @@ class FlipletClient:
 
     def find_keys(self, datasource_id: int, column: str, keys: list[Any]) -> list[Any]:
         """Which of ``keys`` exist as ``column`` values remotely (to re-plan an unknown outcome)."""
-        found: list[Any] = []
-        for start in range(0, len(keys), 1000):
-            chunk = keys[start:start + 1000]
-            entries = self.query(datasource_id, {"where": {column: {"$in": chunk}}, "attributes": [column]})
-            found.extend((e.get("data") or {}).get(column) for e in entries)
-        return found
+        return lookups.find_keys(self, datasource_id, column, keys)
 
     def find_applied_updates(self, datasource_id: int, column: str, updates: list[dict[str, Any]]) -> list[Any]:
-        """The ids of ``updates`` (``{"id", "data"}``) whose entry already holds every value sent, looked
-        up by their ``column`` value (to confirm an unanswered commit's updates instead of re-sending)."""
-        by_key: dict[Any, list[dict[str, Any]]] = {}
-        for update in updates:
-            key = (update.get("data") or {}).get(column)
-            if key is not None and not isinstance(key, (dict, list)):
-                by_key.setdefault(key, []).append(update)
-        applied: list[Any] = []
-        keys = list(by_key)
-        for start in range(0, len(keys), 1000):
-            chunk = keys[start:start + 1000]
-            remote = {e.get("id"): e.get("data") or {}
-                      for e in self.query(datasource_id, {"where": {column: {"$in": chunk}}})}
-            for key in chunk:
-                for update in by_key[key]:
-                    held = remote.get(update["id"])
-                    if held is not None and all(k in held and held[k] == v for k, v in update["data"].items()):
-                        applied.append(update["id"])
-        return applied
+        """The ids of ``updates`` whose entry already holds every value sent (see :mod:`.lookups`)."""
+        return lookups.find_applied_updates(self, datasource_id, column, updates)
 
-    def organizations(self) -> list[dict[str, Any]]:
-        return list(self.json("GET", "v1/organizations").get("organizations") or [])
+    def data_sources(self, *, type: str | None = None) -> list[dict[str, Any]]:  # noqa: A002 - Fliplet's name
+        """``GET v1/data-sources[?type=...]``."""
+        answer = self.json("GET", "v1/data-sources", params={"type": type} if type else None)
+        return list(answer.get("dataSources") or [])
 
-    def post_stream(
-        self,
-        path: str,
-        body: Any,
-        *,
-        content_type: str,
-        params: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
-    ) -> Any:
-        """POST a streamed body with its own ``Content-Type`` (a multipart upload); parse the JSON answer.
+    def create_data_source(self, name: str, *, type: str | None = None,  # noqa: A002 - Fliplet's name
+                           organization_id: int | None = None) -> dict[str, Any]:
+        """``POST v1/data-sources``."""
+        body: dict[str, Any] = {"name": name}
+        if type is not None:
+            body["type"] = type
+        if organization_id is not None:
+            body["organizationId"] = organization_id
+        created = self.json("POST", "v1/data-sources", json=body)
+        return dict(created.get("dataSource") or created)
 
-        Why: ``requests``' own ``files=`` encoding builds the whole multipart body in memory. ``body``
-        is a file-like object with ``read`` and ``__len__`` (see ``fliplet.media.MultipartBody``), sent
-        with a ``Content-Length`` and read in small blocks.
-        """
-        response = self.request("POST", path, data=body, params=params, content_type=content_type,
-                                timeout=timeout)
-        return _parse_json(response, path)
+    def add_entry(self, datasource_id: int, data: dict[str, Any]) -> dict[str, Any]:
+        """``PUT v1/data-sources/:id/data``: one new entry whose data is the body."""
+        return dict(self.json("PUT", f"v1/data-sources/{datasource_id}/data", json=data,
+                              datasource_id=datasource_id))
+
+    # -- media -----------------------------------------------------------------------------------
+
+    def media_folders(self, organization_id: int) -> list[dict[str, Any]]:
+        """``GET v1/media/?organizationId=``: the root folders."""
+        return list(self.json("GET", "v1/media/", params={"organizationId": organization_id}).get("folders") or [])
+
+    def create_media_folder(self, name: str, organization_id: int) -> dict[str, Any]:
+        """``POST v1/media/folders``."""
+        return dict(self.json("POST", "v1/media/folders", json={"name": name, "organizationId": organization_id}))
+
+    def media_files(self, folder_id: int, organization_id: int) -> list[dict[str, Any]]:
+        """``GET v1/media?folderId=&organizationId=``."""
+        answer = self.json("GET", "v1/media", params={"folderId": folder_id, "organizationId": organization_id})
+        return list(answer.get("files") or [])
+
+    def upload_media(self, upload: MediaUpload) -> list[dict[str, Any]]:
+        """``POST v1/media/files`` with a streamed multipart body (see :mod:`.multipart`)."""
+        body = MultipartBody([("checksum", upload.md5)], "files", upload.name, upload.content_type,
+                             upload.fileobj, upload.size)
+        params = {"folderId": upload.folder_id, "name": upload.name, "organizationId": upload.organization_id}
+        path = "v1/media/files"
+        answer = _parse_json(self.request("POST", path, data=body, params=params, content_type=body.content_type),
+                             path)
+        return list(answer.get("files") or []) if isinstance(answer, dict) else []
 
 
 def _parse_json(response: requests.Response, path: str) -> Any:
@@ -231,7 +238,7 @@ def _parse_json(response: requests.Response, path: str) -> Any:
         return orjson.loads(response.content) if response.content else {}
     except orjson.JSONDecodeError:
         raise ApiError(f"The server sent a response that is not JSON for {path}",
-                       status=response.status_code) from None
+                       status=response.status_code, kind="fatal") from None
 
 
 def _server_message(response: requests.Response) -> str:
@@ -243,6 +250,13 @@ def _server_message(response: requests.Response) -> str:
         message = body.get("message") or body.get("error") or ""
         return redact(str(message))
     return ""
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
 
 
 def _never_connected(error: requests.exceptions.ConnectionError) -> bool:

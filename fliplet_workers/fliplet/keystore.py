@@ -29,7 +29,7 @@ from typing import Any
 from fliplet_workers import secrets
 from fliplet_workers.core import crypto
 from fliplet_workers.errors import ApiError, EncryptionError
-from fliplet_workers.fliplet.client import FlipletClient
+from fliplet_workers.fliplet.api import FlipletApi
 
 __all__ = ["KeystoreRef", "WRONG_SALT", "find_keystore", "resolve_key"]
 
@@ -56,15 +56,14 @@ class KeystoreRef:
         return f"{self.organization_id}-{self.id}"
 
 
-def find_keystore(client: FlipletClient, *, create: bool, note: Note | None = None) -> KeystoreRef | None:
+def find_keystore(api: FlipletApi, *, create: bool, note: Note | None = None) -> KeystoreRef | None:
     """The first organization's keystore; created when missing if ``create``, else ``None``."""
     say = note or (lambda _message: None)
-    organizations = client.organizations()
+    organizations = api.organizations()
     if not organizations:
         raise ApiError("The Fliplet user has no organization, so there is no keystore for the encryption key")
     org_id = int(organizations[0]["id"])
-    answer = client.json("GET", "v1/data-sources", params={"type": "keystore"})
-    sources = [s for s in answer.get("dataSources") or [] if s.get("type", "keystore") == "keystore"]
+    sources = [s for s in api.data_sources(type="keystore") if s.get("type", "keystore") == "keystore"]
     mine = [s for s in sources if _as_int(s.get("organizationId")) in (org_id, None)]
     if mine:
         source = mine[0]
@@ -73,25 +72,23 @@ def find_keystore(client: FlipletClient, *, create: bool, note: Note | None = No
     if not create:
         return None
     say("[ENCRYPTION] Generating new keystore...")
-    created = client.json("POST", "v1/data-sources",
-                          json={"name": "Keystore", "type": "keystore", "organizationId": org_id})
-    source = created.get("dataSource") or created
+    source = api.create_data_source("Keystore", type="keystore", organization_id=org_id)
     return KeystoreRef(id=int(source["id"]), organization_id=org_id)
 
 
-def resolve_key(client: FlipletClient, salt: str | None, *, create: bool, note: Note | None = None) -> str | None:
+def resolve_key(api: FlipletApi, salt: str | None, *, create: bool, note: Note | None = None) -> str | None:
     """The data key from the keystore, creating keystore and key when missing if ``create``.
 
     Returns ``None`` only when ``create`` is false and there is no key yet (a dry run). Raises
     :class:`EncryptionError` when the stored key does not decrypt with the salt.
     """
     say = note or (lambda _message: None)
-    keystore = find_keystore(client, create=create, note=say)
+    keystore = find_keystore(api, create=create, note=say)
     if keystore is None:
         return None
     passphrase = salt or keystore.default_salt()
     secrets.register(passphrase)
-    content = _stored_content(client, keystore.id)
+    content = _stored_content(api, keystore.id)
     if content is not None:
         say("[ENCRYPTION] Key found. Decrypting key...")
         key = _decrypt_key(content, passphrase)
@@ -103,16 +100,14 @@ def resolve_key(client: FlipletClient, salt: str | None, *, create: bool, note: 
     key = crypto.generate_key()
     secrets.register(key)
     say("[ENCRYPTION] Uploading key to Fliplet APIs...")
-    client.json("PUT", f"v1/data-sources/{keystore.id}/data", datasource_id=keystore.id,
-                json={"createdAt": int(time.time()), "source": "Fliplet Agent",
-                      "content": crypto.encrypt(key, passphrase)})
+    api.add_entry(keystore.id, {"createdAt": int(time.time()), "source": "Fliplet Agent",
+                                   "content": crypto.encrypt(key, passphrase)})
     return key
 
 
-def _stored_content(client: FlipletClient, keystore_id: int) -> str | None:
+def _stored_content(api: FlipletApi, keystore_id: int) -> str | None:
     """``data.content`` of the keystore's first entry that has one."""
-    answer = client.json("GET", f"v1/data-sources/{keystore_id}/data", datasource_id=keystore_id)
-    for entry in answer.get("entries") or []:
+    for entry in api.iter_entries(keystore_id):  # a keystore holds one entry, two at most
         content = (entry.get("data") or {}).get("content")
         if isinstance(content, str) and content:
             return content

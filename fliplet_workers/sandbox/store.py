@@ -7,32 +7,35 @@ inspect from tests. Plain dicts keyed by id, behind one lock, do both.
 Two rules keep concurrent readers safe without holding the lock while they serialise:
 
 * an entry dict (and its ``data`` dict) is never mutated once stored: an update stores a *new* entry
-  dict, so a snapshot (a list of references) taken under the lock stays consistent afterwards;
+  dict, so a snapshot (a list of references) taken under the lock stays consistent afterwards, and the
+  commit log can keep references to the data before and after a change for free;
 * persistence snapshots under the lock too, then serialises and writes outside it.
 
-Persistence (optional): one JSON file, loaded at start and written atomically (tmp + rename) by a
-background thread at most every couple of seconds when something changed, and on stop. Uploaded file
-bytes go to a ``<data file>.media/`` directory next to it. Commit bodies are kept in memory only (the
-last 1000 per data source); their counters are persisted.
+The class is assembled from parts named for their idea: users and tokens (:mod:`.accounts`), media
+(:mod:`.media`), the state file
+(:mod:`.persist`), the console's read-only views (:mod:`.views`); every commit is logged by
+:mod:`.commit_log`; ``where`` queries are :mod:`.query`.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import os
-import re
 import threading
-import time
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import orjson
+
+from fliplet_workers.sandbox.accounts import StoreAccounts
+from fliplet_workers.sandbox.basics import SandboxError, as_id, bad_request, non_negative, now_iso
+from fliplet_workers.sandbox.commit_log import LOG_SIZE, UNREDUCED, ChangeSet, CommitLog, CommitRecord
+from fliplet_workers.sandbox.media_library import StoreMedia
+from fliplet_workers.sandbox.persist import FILE_VERSION, StorePersistence
+from fliplet_workers.sandbox.query import Predicate, compile_where
+from fliplet_workers.sandbox.views import StoreViews
 
 log = logging.getLogger("fliplet_workers.sandbox")
 
@@ -41,157 +44,20 @@ DEMO_TOKEN = "eu--sandbox-token"
 #: A valid token (``GET v1/user`` works) that has access to no data source: for 403 tests.
 NO_ACCESS_TOKEN = "eu--no-access-token"
 
-#: How many commit bodies are remembered per data source (older ones are forgotten, still counted).
-COMMIT_LOG_SIZE = 1000
-#: Format version of the persisted JSON file.
-FILE_VERSION = 1
+#: How many commits are remembered (all data sources together; older ones are forgotten, still counted).
+COMMIT_LOG_SIZE = LOG_SIZE
 
 Entry = dict[str, Any]
-Predicate = Callable[[Mapping[str, Any]], bool]
+
+__all__ = [
+    "COMMIT_LOG_SIZE", "DEMO_TOKEN", "FILE_VERSION", "NO_ACCESS_TOKEN", "Entry", "Predicate", "SandboxError",
+    "Store", "bad_request", "compile_where", "now_iso",
+]
 
 
-class SandboxError(Exception):
-    """A request the sandbox refuses: becomes ``{"message": ...}`` with ``status``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def bad_request(message: str) -> SandboxError:
-    return SandboxError(400, message)
-
-
-def now_iso() -> str:
-    """UTC time as a JavaScript ``Date.toJSON()`` gives it: ``2024-01-31T12:00:00.123Z``."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _as_id(value: Any, what: str) -> int:
-    """Accept an int id, or a string of digits as Fliplet does; refuse anything else."""
-    if isinstance(value, bool):
-        raise bad_request(f"Invalid {what}: {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    raise bad_request(f"Invalid {what}: {value!r}")
-
-
-# --------------------------------------------------------------------------------------- queries
-
-_COMPARATORS: dict[str, Callable[[Any, Any], bool]] = {
-    "$gt": lambda a, b: a > b,
-    "$gte": lambda a, b: a >= b,
-    "$lt": lambda a, b: a < b,
-    "$lte": lambda a, b: a <= b,
-}
-
-
-def _like_regex(pattern: Any, ignore_case: bool) -> re.Pattern[str]:
-    if not isinstance(pattern, str):
-        raise bad_request("$like needs a string pattern")
-    parts = []
-    for char in pattern:
-        parts.append(".*" if char == "%" else "." if char == "_" else re.escape(char))
-    return re.compile("".join(parts), re.DOTALL | (re.IGNORECASE if ignore_case else 0))
-
-
-def _compare(op: Callable[[Any, Any], bool], arg: Any) -> Predicate:
-    def pred(value: Any) -> bool:
-        if value is None or arg is None:
-            return False
-        try:
-            return bool(op(value, arg))
-        except TypeError:  # "a" > 1: SQL would not match either
-            return False
-
-    return pred
-
-
-def _operator(op: str, arg: Any) -> Callable[[Any], bool]:
-    """One Sequelize operator applied to a column value."""
-    if op == "$eq":
-        return lambda v: v == arg
-    if op == "$ne":
-        return lambda v: v != arg
-    if op in ("$in", "$notIn", "$nin"):
-        if not isinstance(arg, list):
-            raise bad_request(f"{op} needs a list")
-        keys = list(arg)
-        if op == "$in":
-            return lambda v: v in keys
-        return lambda v: v not in keys
-    if op in _COMPARATORS:
-        return _compare(_COMPARATORS[op], arg)
-    if op in ("$like", "$iLike", "$notLike", "$notILike"):
-        rx = _like_regex(arg, ignore_case=op.lower().endswith("ilike"))
-        negate = op.startswith("$not")
-
-        def like(v: Any) -> bool:
-            hit = v is not None and rx.fullmatch(v if isinstance(v, str) else str(v)) is not None
-            return hit != negate
-
-        return like
-    raise bad_request(f"Unsupported query operator: {op}")
-
-
-def _column_predicate(column: str, cond: Any) -> Predicate:
-    if isinstance(cond, dict) and cond and all(isinstance(k, str) and k.startswith("$") for k in cond):
-        tests = [_operator(op, arg) for op, arg in cond.items()]
-    elif isinstance(cond, list):
-        tests = [_operator("$in", cond)]
-    else:
-        tests = [_operator("$eq", cond)]
-    return lambda data: all(test(data.get(column)) for test in tests)
-
-
-def compile_where(where: Any) -> Predicate:
-    """Turn a Sequelize-style ``where`` on data columns into a predicate on an entry's ``data``.
-
-    Supports ``{"col": value}``, a list value (``IN``), the operators ``$eq $ne $in $notIn $gt $gte
-    $lt $lte $like $iLike $notLike $notILike`` and the combinators ``$or`` / ``$and`` (lists of wheres).
-    """
-    if where is None:
-        return lambda data: True
-    if not isinstance(where, dict):
-        raise bad_request("where must be an object")
-    preds: list[Predicate] = []
-    for key, cond in where.items():
-        if key in ("$or", "$and"):
-            if not isinstance(cond, list):
-                raise bad_request(f"{key} needs a list")
-            subs = [compile_where(c) for c in cond]
-            preds.append(_any_of(subs) if key == "$or" else _all_of(subs))
-        elif key.startswith("$"):
-            raise bad_request(f"Unsupported query operator: {key}")
-        else:
-            preds.append(_column_predicate(key, cond))
-    return _all_of(preds)
-
-
-def _any_of(preds: list[Predicate]) -> Predicate:
-    return lambda data: any(p(data) for p in preds)
-
-
-def _all_of(preds: list[Predicate]) -> Predicate:
-    return lambda data: all(p(data) for p in preds)
-
-
-def _non_negative(value: Any, what: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise bad_request(f"{what} must be a non-negative integer")
-    return value
-
-
-# ----------------------------------------------------------------------------------------- store
-
-
-class Store:
-    """Thread-safe model of organizations, users and tokens, data sources, entries and media.
+class Store(StoreAccounts, StoreMedia, StorePersistence, StoreViews):
+    """Thread-safe model of organizations, users and tokens, data sources, entries, media and the
+    commit log.
 
     Methods named after API calls take the caller's token and raise :class:`SandboxError` for
     401/403/404/400; helper methods (``create_data_source``, ``entries``, ``add_token``...) are for
@@ -203,6 +69,7 @@ class Store:
         self._lock = threading.Lock()
         self._save_lock = threading.Lock()
         self._dirty = False
+        self._version = 0
         self._autosave_stop = threading.Event()
         self._autosave_thread: threading.Thread | None = None
         self._seed()
@@ -222,7 +89,8 @@ class Store:
         self._sources: dict[int, dict[str, Any]] = {}
         self._access: dict[int, set[str]] = {}
         self._entries: dict[int, dict[int, Entry]] = {}
-        self._commit_log: dict[int, deque[Any]] = {}
+        self._log = CommitLog()
+        self._changed_at: dict[int, str] = {}
         self._commit_counts: dict[int, int] = {}
         self._applied_counts: dict[int, int] = {}
         self._folders: dict[int, dict[str, Any]] = {}
@@ -239,59 +107,13 @@ class Store:
         with self._lock:
             self._seed()
             self._dirty = True
+            self._version += 1
 
-    # ------------------------------------------------------------------------ users and tokens
-
-    def _add_token(self, token: str, email: str, ds_ids: Iterable[int], full_name: str | None = None) -> None:
-        user = next((u for u in self._users.values() if u["email"] == email), None)
-        if user is None:
-            name = full_name or email.split("@")[0]
-            first, _, last = name.partition(" ")
-            uid = self._take("user")
-            user = {"id": uid, "email": email, "fullName": name, "firstName": first, "lastName": last,
-                    "organizationIds": [1]}
-            self._users[uid] = user
-        self._tokens[token] = user["id"]
-        for ds_id in ds_ids:
-            if ds_id not in self._sources:
-                raise KeyError(f"data source {ds_id} does not exist")
-            self._access[ds_id].add(token)
-
-    def add_token(self, token: str, user_email: str, datasource_ids: Iterable[int] = ()) -> None:
-        """Make ``token`` valid for the user ``user_email`` (created in org 1 if new), with access to
-        the given data sources."""
-        with self._lock:
-            self._add_token(token, user_email, list(datasource_ids))
-            self._dirty = True
-
-    def _user(self, token: str | None) -> dict[str, Any]:
-        uid = self._tokens.get(token) if token else None
-        if uid is None:
-            raise SandboxError(401, "Invalid or expired token")
-        return self._users[uid]
-
-    def user_for_token(self, token: str | None) -> dict[str, Any] | None:
-        with self._lock:
-            uid = self._tokens.get(token) if token else None
-            return None if uid is None else self._public_user(self._users[uid])
-
-    @staticmethod
-    def _public_user(user: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: user[k] for k in ("id", "email", "fullName", "firstName", "lastName")}
-
-    def _check_org(self, token: str, org_id: Any) -> int:
-        user = self._user(token)
-        oid = _as_id(org_id, "organizationId")
-        if oid not in self._orgs:
-            raise SandboxError(404, f"Organization {oid} not found")
-        if oid not in user["organizationIds"]:
-            raise SandboxError(403, f"You don't have access to organization {oid}")
-        return oid
-
-    def organizations(self, token: str) -> list[dict[str, Any]]:
-        with self._lock:
-            user = self._user(token)
-            return [dict(self._orgs[o]) for o in user["organizationIds"] if o in self._orgs]
+    def _touch(self, ds_id: int, stamp: str | None = None) -> None:
+        """Something in ``ds_id`` changed: mark it for saving, and for the console's refresh."""
+        self._changed_at[ds_id] = stamp or now_iso()
+        self._dirty = True
+        self._version += 1
 
     # --------------------------------------------------------------------------- data sources
 
@@ -309,7 +131,7 @@ class Store:
                                 "createdAt": stamp, "updatedAt": stamp}
         self._access[ds_id] = set(tokens)
         self._entries[ds_id] = {}
-        self._dirty = True
+        self._touch(ds_id, stamp)
         return ds_id
 
     def create_data_source(self, name: str, org_id: int = 1, tokens: Iterable[str] = (DEMO_TOKEN,),
@@ -338,7 +160,7 @@ class Store:
         """The data sources this token can use, optionally filtered by ``type`` and organization."""
         with self._lock:
             self._user(token)
-            oid = _as_id(org_id, "organizationId") if org_id else None
+            oid = as_id(org_id, "organizationId") if org_id else None
             return [dict(s) for ds_id, s in self._sources.items()
                     if token in self._access[ds_id]
                     and (type_ is None or s["type"] == type_)
@@ -372,18 +194,32 @@ class Store:
         with self._lock:
             return [copy.deepcopy(e) for e in self._entries[ds_id].values()]
 
-    def record_commit(self, ds_id: int, body: Any) -> None:
-        """Remember a commit body as received (before faults and validation), bounded in memory."""
+    # ---------------------------------------------------------------------------------- commits
+
+    def record_commit(self, ds_id: int, body: Any) -> int:
+        """Log a commit body as received (before faults and validation); returns its number in the
+        commit log. Hand the same body object to :meth:`commit` and the log shows what it changed."""
         with self._lock:
-            log_ = self._commit_log.setdefault(ds_id, deque(maxlen=COMMIT_LOG_SIZE))
-            log_.append(body)
+            record = self._log.received(ds_id, body, now_iso())
             self._commit_counts[ds_id] = self._commit_counts.get(ds_id, 0) + 1
             self._dirty = True
+            self._version += 1
+            return record.seq
+
+    def note_commit(self, seq: int, message: str) -> None:
+        """Add a note to a logged commit (e.g. the fault injected into its answer)."""
+        with self._lock:
+            record = self._log.find(seq)
+            if record is not None:
+                record.message = f"{record.message}; {message}" if record.message else message
+                self._dirty = True
+                self._version += 1
 
     def commits(self, ds_id: int) -> list[Any]:
-        """The last (up to 1000) commit bodies received for ``ds_id``, oldest first (copies)."""
+        """The bodies received for ``ds_id`` among the last 1000 commits (all data sources together),
+        oldest first (copies; kept in memory only, so none after a restart)."""
         with self._lock:
-            bodies = list(self._commit_log.get(ds_id, ()))
+            bodies = self._log.bodies(ds_id)
         return [orjson.loads(orjson.dumps(b)) for b in bodies]
 
     def commit_count(self, ds_id: int) -> int:
@@ -399,51 +235,55 @@ class Store:
     def commit(self, token: str, ds_id: int, body: Any) -> list[Entry]:
         """Apply a commit with Fliplet's semantics; returns the inserted and updated entries.
 
-        The whole body is validated first, so a 400 changes nothing.
+        The whole body is validated first, so a 400 changes nothing. The commit log gets what changed:
+        on the record :meth:`record_commit` made for this body, or on a new one (a direct call).
         """
-        if not isinstance(body, dict):
-            raise bad_request("The commit body must be a JSON object")
-        items = body.get("entries", [])
-        deletes = body.get("delete") or []
-        if not isinstance(items, list) or not isinstance(deletes, list):
-            raise bad_request("entries and delete must be lists")
-        append = bool(body.get("append", False))
-        extend = bool(body.get("extend", False))
-        parsed: list[tuple[int | None, dict[str, Any]]] = []
-        for item in items:
-            if not isinstance(item, dict) or not isinstance(item.get("data"), dict):
-                raise bad_request("Each entry must be an object with a data object")
-            raw_id = item.get("id")
-            parsed.append((None if raw_id is None else _as_id(raw_id, "entry id"), item["data"]))
-        delete_ids = [_as_id(d, "entry id to delete") for d in deletes]
-
         with self._lock:
             self._source(token, ds_id)
-            table = self._entries[ds_id]
-            for entry_id, _data in parsed:
-                if entry_id is not None and entry_id not in table:
-                    raise bad_request(f"Entry {entry_id} does not exist in data source {ds_id}")
-            stamp = now_iso()
-            affected: list[Entry] = []
-            for entry_id, data in parsed:
-                if entry_id is None:
-                    entry_id = self._take("entry")
-                    entry = {"id": entry_id, "dataSourceId": ds_id, "data": data,
-                             "createdAt": stamp, "updatedAt": stamp}
-                else:
-                    old = table[entry_id]
-                    new_data = {**old["data"], **data} if extend else data
-                    entry = {**old, "data": new_data, "updatedAt": stamp}
-                table[entry_id] = entry
-                affected.append(entry)
-            if not append:
-                kept = {e["id"] for e in affected}
-                self._entries[ds_id] = table = {k: v for k, v in table.items() if k in kept}
-            for entry_id in delete_ids:
-                table.pop(entry_id, None)
-            self._applied_counts[ds_id] = self._applied_counts.get(ds_id, 0) + 1
-            self._dirty = True
-            return affected
+            record = self._log.pending(ds_id, body) or self._log.received(ds_id, body, now_iso(), via="direct")
+            try:
+                parsed, delete_ids = _parse_commit(body, self._entries[ds_id], ds_id)
+            except SandboxError as exc:
+                self._log.refused(record, exc.message)
+                self._version += 1
+                raise
+            return self._apply_commit(ds_id, record, parsed, delete_ids)
+
+    def _apply_commit(self, ds_id: int, record: CommitRecord, parsed: list[tuple[int | None, dict[str, Any]]],
+                      delete_ids: list[int]) -> list[Entry]:
+        table = self._entries[ds_id]
+        stamp = now_iso()
+        affected: list[Entry] = []
+        changes = ChangeSet()  # updates are reduced later (see commit_log): this is the hot path
+        add = changes.add
+        for entry_id, data in parsed:
+            if entry_id is None:
+                entry_id = self._take("entry")
+                entry = {"id": entry_id, "dataSourceId": ds_id, "data": data, "createdAt": stamp, "updatedAt": stamp}
+                add("insert", entry_id, None, data)
+            else:
+                old = table[entry_id]
+                new_data = {**old["data"], **data} if record.extend else data
+                entry = {**old, "data": new_data, "updatedAt": stamp}
+                add("update", entry_id, old["data"], new_data, UNREDUCED)
+            table[entry_id] = entry
+            affected.append(entry)
+        inserted = sum(1 for entry_id, _ in parsed if entry_id is None)
+        if not record.append:
+            kept = {e["id"] for e in affected}
+            for k, v in table.items():
+                if k not in kept:
+                    add("delete", k, v["data"], None)
+            self._entries[ds_id] = table = {k: v for k, v in table.items() if k in kept}
+        for entry_id in delete_ids:
+            gone = table.pop(entry_id, None)
+            if gone is not None:
+                add("delete", entry_id, gone["data"], None)
+        self._applied_counts[ds_id] = self._applied_counts.get(ds_id, 0) + 1
+        counts = {"inserted": inserted, "updated": len(parsed) - inserted, "deleted": len(changes) - len(parsed)}
+        self._log.applied(record, changes, counts, stamp)
+        self._touch(ds_id, stamp)
+        return affected
 
     def put_entry(self, token: str, ds_id: int, data: Any) -> Entry:
         """``PUT v1/data-sources/:id/data``: insert one entry whose data is the body (flat columns)."""
@@ -457,7 +297,7 @@ class Store:
         entry_id = self._take("entry")
         entry = {"id": entry_id, "dataSourceId": ds_id, "data": data, "createdAt": stamp, "updatedAt": stamp}
         self._entries[ds_id][entry_id] = entry
-        self._dirty = True
+        self._touch(ds_id, stamp)
         return entry
 
     def _entry(self, token: str, ds_id: int, entry_id: int) -> Entry:
@@ -485,7 +325,7 @@ class Store:
                 raise bad_request("The body must be a JSON object of the columns to change")
             entry = {**old, "data": {**old["data"], **data}, "updatedAt": now_iso()}
             self._entries[ds_id][entry_id] = entry  # a new dict: snapshots taken earlier stay as they were
-            self._dirty = True
+            self._touch(ds_id, entry["updatedAt"])
             return entry
 
     def delete_entry(self, token: str, ds_id: int, entry_id: int) -> Entry:
@@ -493,7 +333,7 @@ class Store:
         with self._lock:
             entry = self._entry(token, ds_id, entry_id)
             del self._entries[ds_id][entry_id]
-            self._dirty = True
+            self._touch(ds_id)
             return entry
 
     def import_entries(self, token: str, ds_id: int, body: Any, append: bool) -> list[Entry]:
@@ -508,9 +348,10 @@ class Store:
             items = body.get("entries", [])
             if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
                 raise bad_request("entries must be a list of objects of column values")
+            stamp = now_iso()
             if not append and not bool(body.get("append", False)):
                 self._entries[ds_id] = {}
-            stamp = now_iso()
+                self._touch(ds_id, stamp)
             return [self._insert(ds_id, item, stamp) for item in items]
 
     def query(self, token: str, ds_id: int, body: Any) -> list[Entry]:
@@ -527,8 +368,8 @@ class Store:
         if attributes is not None and (
                 not isinstance(attributes, list) or not all(isinstance(a, str) for a in attributes)):
             raise bad_request("attributes must be a list of column names")
-        offset = _non_negative(body.get("offset"), "offset") or 0
-        limit = _non_negative(body.get("limit"), "limit")
+        offset = non_negative(body.get("offset"), "offset") or 0
+        limit = non_negative(body.get("limit"), "limit")
         rows = self.snapshot(token, ds_id)
         hits = [e for e in rows if match(e["data"])]
         hits = hits[offset:] if limit is None else hits[offset:offset + limit]
@@ -536,230 +377,24 @@ class Store:
             hits = [{**e, "data": {a: e["data"][a] for a in attributes if a in e["data"]}} for e in hits]
         return hits
 
-    # ---------------------------------------------------------------------------------- media
 
-    def _public_file(self, f: Mapping[str, Any], base_url: str) -> dict[str, Any]:
-        out = dict(f)
-        out["url"] = f"{base_url}media/files/{f['id']}/{quote(f['name'])}"
-        return out
-
-    def media(self, token: str, org_id: Any, folder_id: Any, base_url: str) -> dict[str, Any]:
-        """Folders and files of one folder (or the organization root when ``folder_id`` is None)."""
-        with self._lock:
-            oid = self._check_org(token, org_id)
-            fid = None if folder_id in (None, "") else _as_id(folder_id, "folderId")
-            if fid is not None:
-                folder = self._folders.get(fid)
-                if folder is None or folder["organizationId"] != oid:
-                    raise SandboxError(404, f"Folder {fid} not found")
-            folders = [dict(f) for f in self._folders.values()
-                       if f["organizationId"] == oid and f["parentId"] == fid]
-            files = [self._public_file(f, base_url) for f in self._files.values()
-                     if f["organizationId"] == oid and f["folderId"] == fid]
-            return {"folders": folders, "files": files}
-
-    def create_folder(self, token: str, body: Any) -> dict[str, Any]:
-        if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not body["name"]:
-            raise bad_request("A folder needs a name")
-        with self._lock:
-            oid = self._check_org(token, body.get("organizationId"))
-            parent = body.get("parentId")
-            pid = None if parent is None else _as_id(parent, "parentId")
-            if pid is not None and pid not in self._folders:
-                raise SandboxError(404, f"Folder {pid} not found")
-            fid = self._take("folder")
-            folder = {"id": fid, "name": body["name"], "organizationId": oid, "parentId": pid,
-                      "createdAt": now_iso()}
-            self._folders[fid] = folder
-            self._dirty = True
-            return dict(folder)
-
-    def add_file(self, token: str, org_id: Any, folder_id: Any, name: str, content: bytes,
-                 content_type: str, client_checksum: str | None, base_url: str) -> dict[str, Any]:
-        """Store one uploaded file; its ``metadata.checksum`` is the md5 of the bytes."""
-        if not name or "/" in name:
-            raise bad_request("The file needs a name without slashes")
-        with self._lock:
-            oid = self._check_org(token, org_id)
-            fid = None if folder_id in (None, "") else _as_id(folder_id, "folderId")
-            if fid is not None and (fid not in self._folders or self._folders[fid]["organizationId"] != oid):
-                raise SandboxError(404, f"Folder {fid} not found")
-            file_id = self._take("file")
-            record = {"id": file_id, "name": name, "folderId": fid, "organizationId": oid,
-                      "size": len(content), "contentType": content_type, "createdAt": now_iso(),
-                      "metadata": {"checksum": hashlib.md5(content).hexdigest(),
-                                   "clientChecksum": client_checksum}}
-            self._files[file_id] = record
-            self._blobs[file_id] = content
-            self._dirty = True
-            return self._public_file(record, base_url)
-
-    def file_content(self, token: str, file_id: int, name: str) -> tuple[str, bytes]:
-        """(content type, bytes) of an uploaded file, for a token of a member of the file's
-        organization (401/403 otherwise); 404 unless both id and name match."""
-        with self._lock:
-            self._user(token)
-            record = self._files.get(file_id)
-            if record is None or record["name"] != name or file_id not in self._blobs:
-                raise SandboxError(404, "File not found")
-            self._check_org(token, record["organizationId"])
-            return record["contentType"], self._blobs[file_id]
-
-    # ---------------------------------------------------------------------------------- state
-
-    def state(self) -> dict[str, Any]:
-        """A summary for ``GET /_sandbox/state`` and the HTML page."""
-        with self._lock:
-            return {
-                "dataSources": [
-                    {**s, "entries": len(self._entries[ds_id]),
-                     "commits": self._commit_counts.get(ds_id, 0),
-                     "appliedCommits": self._applied_counts.get(ds_id, 0)}
-                    for ds_id, s in self._sources.items()],
-                "organizations": list(self._orgs.values()),
-                "media": {"folders": len(self._folders), "files": len(self._files)},
-            }
-
-    def preview(self, token: str, limit: int) -> list[tuple[dict[str, Any], int, list[Entry]]]:
-        """(data source, entry count, first ``limit`` entries) for every data source ``token`` may read
-        (the HTML page shows a user only what the API would give them)."""
-        with self._lock:
-            self._user(token)
-            out = []
-            for ds_id, s in self._sources.items():
-                if token not in self._access[ds_id]:
-                    continue
-                table = self._entries[ds_id]
-                first: list[Entry] = []
-                for entry in table.values():
-                    if len(first) >= limit:
-                        break
-                    first.append(entry)
-                out.append((dict(s), len(table), first))
-            return out
-
-    # ---------------------------------------------------------------------------- persistence
-
-    @property
-    def dirty(self) -> bool:
-        return self._dirty
-
-    def _media_dir(self) -> Path:
-        assert self.data_file is not None
-        return self.data_file.with_name(self.data_file.name + ".media")
-
-    def _load(self, path: Path) -> None:
-        try:
-            doc = orjson.loads(path.read_bytes())
-        except (OSError, orjson.JSONDecodeError) as exc:
-            raise ValueError(f"Cannot read the sandbox data file {path}: {exc}") from exc
-        if not isinstance(doc, dict) or doc.get("version") != FILE_VERSION:
-            raise ValueError(f"{path} is not a sandbox data file (version {FILE_VERSION})")
-        self._next = {k: int(v) for k, v in doc["next"].items()}
-        self._orgs = {o["id"]: o for o in doc["organizations"]}
-        self._users = {u["id"]: u for u in doc["users"]}
-        self._tokens = dict(doc["tokens"])
-        self._sources = {}
-        self._access = {}
-        self._entries = {}
-        for s in doc["dataSources"]:
-            tokens = s.pop("accessTokens")
-            self._sources[s["id"]] = s
-            self._access[s["id"]] = set(tokens)
-            self._entries[s["id"]] = {e["id"]: e for e in doc["entries"].get(str(s["id"]), [])}
-        self._commit_counts = {int(k): v for k, v in doc.get("commitCounts", {}).items()}
-        self._applied_counts = {int(k): v for k, v in doc.get("appliedCommitCounts", {}).items()}
-        self._folders = {f["id"]: f for f in doc.get("folders", [])}
-        self._files = {f["id"]: f for f in doc.get("files", [])}
-        media = self._media_dir()
-        for file_id in self._files:
-            blob = media / str(file_id)
-            if blob.exists():
-                self._blobs[file_id] = blob.read_bytes()
-                self._blobs_on_disk.add(file_id)
-        self._dirty = False
-        log.debug("Loaded sandbox data from %s", path)
-
-    def save(self) -> None:
-        """Write the data file atomically if one is configured (no-op otherwise)."""
-        if self.data_file is None:
-            return
-        with self._save_lock:
-            with self._lock:
-                doc = {
-                    "version": FILE_VERSION,
-                    "next": dict(self._next),
-                    "organizations": list(self._orgs.values()),
-                    "users": list(self._users.values()),
-                    "tokens": dict(self._tokens),
-                    "dataSources": [{**s, "accessTokens": sorted(self._access[i])}
-                                    for i, s in self._sources.items()],
-                    "entries": {str(i): list(t.values()) for i, t in self._entries.items()},
-                    "commitCounts": {str(k): v for k, v in self._commit_counts.items()},
-                    "appliedCommitCounts": {str(k): v for k, v in self._applied_counts.items()},
-                    "folders": list(self._folders.values()),
-                    "files": list(self._files.values()),
-                }
-                new_blobs = {i: b for i, b in self._blobs.items() if i not in self._blobs_on_disk}
-                live_blobs = set(self._blobs)
-                self._dirty = False
-            try:
-                self._write(doc, new_blobs, live_blobs)
-            except BaseException:
-                self._dirty = True
-                raise
-
-    def _write(self, doc: dict[str, Any], new_blobs: dict[int, bytes], live_blobs: set[int]) -> None:
-        assert self.data_file is not None
-        media = self._media_dir()
-        if new_blobs or media.exists():
-            media.mkdir(parents=True, exist_ok=True)
-            for file_id, blob in new_blobs.items():
-                _atomic_write(media / str(file_id), blob)
-            for stale in media.iterdir():
-                if stale.name.isdigit() and int(stale.name) not in live_blobs:
-                    stale.unlink()
-        _atomic_write(self.data_file, orjson.dumps(doc))
-        with self._lock:
-            self._blobs_on_disk = (self._blobs_on_disk | set(new_blobs)) & live_blobs
-        log.debug("Saved sandbox data to %s", self.data_file)
-
-    def start_autosave(self, interval: float = 2.0) -> None:
-        """Save from a background thread at most every ``interval`` seconds, when dirty.
-
-        Serialising holds the GIL, so a big store is saved less often: the pause after a save is at
-        least ten times what the save took (a million entries: every ~15 s instead of every 2 s).
-        """
-        if self.data_file is None or self._autosave_thread is not None:
-            return
-        self._autosave_stop.clear()
-
-        def loop() -> None:
-            pause = interval
-            while not self._autosave_stop.wait(pause):
-                if not self._dirty:
-                    continue
-                started = time.monotonic()
-                try:
-                    self.save()
-                except Exception:  # keep serving; the next round retries
-                    log.exception("Cannot save the sandbox data file %s", self.data_file)
-                pause = max(interval, 10 * (time.monotonic() - started))
-
-        self._autosave_thread = threading.Thread(target=loop, name="sandbox-autosave", daemon=True)
-        self._autosave_thread.start()
-
-    def stop_autosave(self) -> None:
-        thread, self._autosave_thread = self._autosave_thread, None
-        if thread is not None:
-            self._autosave_stop.set()
-            thread.join()
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def _parse_commit(body: Any, table: Mapping[int, Entry],
+                  ds_id: int) -> tuple[list[tuple[int | None, dict[str, Any]]], list[int]]:
+    """A commit body's (entry id or None, data) pairs and the ids to delete; 400 for anything wrong,
+    including an update of an entry that is not there."""
+    if not isinstance(body, dict):
+        raise bad_request("The commit body must be a JSON object")
+    items = body.get("entries", [])
+    deletes = body.get("delete") or []
+    if not isinstance(items, list) or not isinstance(deletes, list):
+        raise bad_request("entries and delete must be lists")
+    parsed: list[tuple[int | None, dict[str, Any]]] = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("data"), dict):
+            raise bad_request("Each entry must be an object with a data object")
+        raw_id = item.get("id")
+        entry_id = None if raw_id is None else as_id(raw_id, "entry id")
+        if entry_id is not None and entry_id not in table:
+            raise bad_request(f"Entry {entry_id} does not exist in data source {ds_id}")
+        parsed.append((entry_id, item["data"]))
+    return parsed, [as_id(d, "entry id to delete") for d in deletes]

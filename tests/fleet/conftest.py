@@ -24,7 +24,7 @@ from fleetproc import Fleet as Processes  # noqa: E402
 from fleetproc import fleet_env  # noqa: E402
 
 from fliplet_workers.fleet.app import create_app  # noqa: E402
-from fliplet_workers.fleet.context import Fleet  # noqa: E402
+from fliplet_workers.fleet.runtime import Fleet  # noqa: E402
 from fliplet_workers.fleet.settings import FleetSettings  # noqa: E402
 from fliplet_workers.sandbox.server import SandboxServer  # noqa: E402
 

@@ -21,7 +21,7 @@ from fleetproc import Fleet as Processes
 from fleetproc import make_source, wait_for, write_config
 
 from fliplet_workers.fleet import history
-from fliplet_workers.fleet.context import Fleet
+from fliplet_workers.fleet.runtime import Fleet
 from fliplet_workers.sandbox.server import SandboxServer
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,7 @@ from celery import Celery
 from fleetproc import make_source, wait_for, write_config
 
 from fliplet_workers.fleet import flow, history
-from fliplet_workers.fleet.context import Fleet
+from fliplet_workers.fleet.runtime import Fleet
 from fliplet_workers.fleet.settings import FleetSettings
 from fliplet_workers.sandbox.server import SandboxServer
 

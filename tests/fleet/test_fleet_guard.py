@@ -15,7 +15,7 @@ import pytest
 from fleetproc import make_source, write_config
 
 from fliplet_workers.fleet import flow
-from fliplet_workers.fleet.context import Fleet
+from fliplet_workers.fleet.runtime import Fleet
 from fliplet_workers.fleet.settings import FleetSettings
 from fliplet_workers.sandbox.server import SandboxServer
 

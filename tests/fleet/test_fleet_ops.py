@@ -22,7 +22,7 @@ from servers import free_port
 from fliplet_workers import alerts, cli
 from fliplet_workers.config import load_config
 from fliplet_workers.fleet import history, status
-from fliplet_workers.fleet.context import Fleet
+from fliplet_workers.fleet.runtime import Fleet
 from fliplet_workers.fleet.settings import FleetSettings
 from fliplet_workers.sandbox.server import SandboxServer
 from fliplet_workers.secrets import register

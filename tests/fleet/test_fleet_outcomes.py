@@ -22,8 +22,8 @@ from hookreceiver import Receiver
 from servers import free_port
 
 from fliplet_workers.fleet import history
-from fliplet_workers.fleet.context import Fleet
 from fliplet_workers.fleet.outcome import RunFailed
+from fliplet_workers.fleet.runtime import Fleet
 from fliplet_workers.sandbox.server import SandboxServer
 
 pytestmark = pytest.mark.integration

@@ -27,7 +27,7 @@ from servers import ServerError
 
 from fliplet_workers.fleet import flow, history, keys, recovery
 from fliplet_workers.fleet.app import create_app
-from fliplet_workers.fleet.context import Fleet
+from fliplet_workers.fleet.runtime import Fleet
 from fliplet_workers.fleet.settings import FleetSettings
 from fliplet_workers.sandbox.server import SandboxServer
 

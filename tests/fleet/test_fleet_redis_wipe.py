@@ -27,10 +27,10 @@ from servers import ServerError
 
 from fliplet_workers.fleet import flow, history, keys, recovery
 from fliplet_workers.fleet.app import create_app
-from fliplet_workers.fleet.context import Fleet
+from fliplet_workers.fleet.beat import ConfigScheduler
 from fliplet_workers.fleet.locks import Lock
 from fliplet_workers.fleet.outcome import RunFailed
-from fliplet_workers.fleet.schedule import ConfigScheduler
+from fliplet_workers.fleet.runtime import Fleet
 from fliplet_workers.fleet.settings import FleetSettings, connect
 from fliplet_workers.sandbox.server import SandboxServer
 

@@ -20,10 +20,10 @@ from fleetproc import make_source, write_config
 from fliplet_workers.errors import ConfigError
 from fliplet_workers.fleet import flow, history, keys, status
 from fliplet_workers.fleet.app import RECOVER_ENTRY
-from fliplet_workers.fleet.context import Fleet
+from fliplet_workers.fleet.beat import ConfigScheduler, CronSchedule
 from fliplet_workers.fleet.locks import Lock
 from fliplet_workers.fleet.registry import Registry
-from fliplet_workers.fleet.schedule import ConfigScheduler, CronSchedule
+from fliplet_workers.fleet.runtime import Fleet
 from fliplet_workers.fleet.settings import FleetSettings, SettingsError
 from fliplet_workers.fliplet.client import FlipletClient
 from fliplet_workers.sandbox.server import SandboxServer
@@ -71,7 +71,7 @@ def test_celery_settings_survive_a_lost_worker(settings: FleetSettings) -> None:
     assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
     assert conf["worker_prefetch_multiplier"] == 1
     assert conf["broker_transport_options"]["visibility_timeout"] == settings.visibility_timeout
-    assert conf["beat_scheduler"] == "fliplet_workers.fleet.schedule:ConfigScheduler"
+    assert conf["beat_scheduler"] == "fliplet_workers.fleet.beat:ConfigScheduler"
     defaults = celery_config(FleetSettings.from_env({}))
     assert defaults["broker_transport_options"]["visibility_timeout"] > defaults["task_time_limit"]
 

@@ -17,8 +17,8 @@ from fleetproc import make_source, wait_for, write_config
 from servers import free_port
 
 from fliplet_workers.fleet import history, keys
-from fliplet_workers.fleet.context import Fleet
 from fliplet_workers.fleet.outcome import RunFailed
+from fliplet_workers.fleet.runtime import Fleet
 from fliplet_workers.sandbox.server import SandboxServer
 
 pytestmark = pytest.mark.integration

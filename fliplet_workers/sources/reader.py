@@ -1,8 +1,9 @@
 """Where a push operation's rows come from: a SQL query, or a code config's ``source`` function.
 
 Code-config functions get a :class:`SourceContext` with ``db`` (the SQL source, or None) and
-``http`` (a ``requests.Session``), the Python equivalents of the original's Sequelize handle and
-axios.
+``http`` (a ``requests.Session`` from :func:`~fliplet_workers.fliplet.sessions.new_session`: the
+config's CA bundle, the environment's proxies, the agent's User-Agent), the Python equivalents of
+the original's Sequelize handle and axios.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import requests
 
 from fliplet_workers.config.model import Config, Operation
 from fliplet_workers.errors import AgentError, SourceError
+from fliplet_workers.fliplet.sessions import new_session
 from fliplet_workers.secrets import redact
 
 
@@ -24,6 +26,15 @@ class SourceContext:
     db: Any  # fliplet_workers.sources.sql.SqlSource | None
     http: requests.Session
     config: Config
+
+    @classmethod
+    def open(cls, config: Config, db: Any = None) -> SourceContext:
+        """A context whose ``http`` session is made for ``config``; the caller closes it."""
+        return cls(db=db, http=new_session(ca_bundle=config.ca_bundle), config=config)
+
+    def close(self) -> None:
+        """Close the ``http`` session (``db`` belongs to the run, which closes it)."""
+        self.http.close()
 
 
 def open_database(config: Config) -> Any:

@@ -10,7 +10,7 @@
   status`` lists it too), and schedules all the others;
 * evaluates each cron expression in the config's ``timezone``, else ``FLIPLET_TIMEZONE``, else the
   beat host's local time, with the same rule and code as the foreground agent
-  (:func:`fliplet_workers.schedule.schedule_timezone`), so both read ``frequency`` alike;
+  (:func:`fliplet_workers.cron.schedule_timezone`), so both read ``frequency`` alike;
 * sends nothing unless it holds the Redis leadership lock ``fleet:beat:leader`` (renewed on every
   tick, released on shutdown): a second beat started by mistake stands by and takes over within
   ``FLIPLET_BEAT_LEADER_TTL`` seconds if the leader dies. Even then a run never happens twice at once:
@@ -37,12 +37,12 @@ import redis
 from celery.beat import ScheduleEntry, Scheduler
 from celery.schedules import BaseSchedule, schedstate
 
+from fliplet_workers.cron import next_run, schedule_timezone
 from fliplet_workers.fleet import keys
-from fliplet_workers.fleet.context import Fleet, current
 from fliplet_workers.fleet.locks import Lock
 from fliplet_workers.fleet.recovery import Remembered
 from fliplet_workers.fleet.registry import Scan
-from fliplet_workers.schedule import next_run, schedule_timezone
+from fliplet_workers.fleet.runtime import Fleet, current
 
 log = logging.getLogger("fliplet_workers.fleet.beat")
 

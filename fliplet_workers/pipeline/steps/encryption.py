@@ -1,15 +1,17 @@
-"""Field encryption for a push: which key, how a batch is encrypted, how the diff still sees plaintext.
+"""The encryption step of a push: which key, how a batch is encrypted, how the diff still sees plaintext.
 
 * **Key**: ``encrypt.key`` from the config is used as is and never sent anywhere; without it the
   organization keystore provides one (:mod:`fliplet_workers.fliplet.keystore`). Either way it is
-  registered as a secret, so no log line can show it.
+  registered as a secret, so no log line can show it. It is resolved once per run (:func:`resolve_key`)
+  and held by the run's :class:`EncryptStep`; the fleet's commit tasks keep it per worker process and
+  config (:mod:`fliplet_workers.fleet.clients`), never in Redis or in a task's arguments.
 * **Batches**: :func:`encrypt_batch` encrypts the listed fields of every entry in the CryptoJS format
   Fliplet apps decrypt (:mod:`fliplet_workers.core.crypto`). Numbers, dates and booleans are encrypted
   as their text form (the original crashes on numbers); ``None`` and ``""`` stay as they are. It builds
   new data dicts: the plan's rows are shared with the diff and the retry logic and must stay plaintext.
 * **Change detection**: every encryption draws a fresh random salt, so ciphertexts never repeat and
-  cannot be compared. We chose to *decrypt the remote values with the known key* (:func:`decoder`, set
-  as ``run.decode_remote``) rather than keep a digest of the plaintext from the last successful run:
+  cannot be compared. We chose to *decrypt the remote values with the known key* (:func:`decoder`, the
+  diff's ``decode_remote``) rather than keep a digest of the plaintext from the last successful run:
   it needs no state between runs (nothing to lose, nothing to keep in sync across the fleet), stays
   right when someone edits an entry in Fliplet, and an entry encrypted with another key simply shows as
   changed and is re-encrypted with the current one. The cost is one AES decryption (~15 µs) per
@@ -18,27 +20,28 @@
 
 from __future__ import annotations
 
-import threading
+import hashlib
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from fliplet_workers import secrets
+from fliplet_workers.config.model import Operation
 from fliplet_workers.core import crypto
 from fliplet_workers.core.batches import Batch
 from fliplet_workers.errors import EncryptionError
 from fliplet_workers.fliplet import keystore
-
-if TYPE_CHECKING:
-    from fliplet_workers.config.model import Operation
-    from fliplet_workers.run import OperationRun
+from fliplet_workers.fliplet.api import FlipletApi
+from fliplet_workers.pipeline.spec import RunSpec
 
 __all__ = [
     "PLACEHOLDER",
+    "EncryptStep",
+    "KeyCache",
     "Plaintext",
     "check_fields",
     "decoder",
     "encrypt_batch",
-    "key_for",
     "placeholder_batch",
     "resolve_key",
 ]
@@ -46,9 +49,10 @@ __all__ = [
 PRIMARY_KEY_REFUSED = "You cannot encrypt the Primary Key"
 #: What a dry run shows instead of a value when no key exists yet (nothing is created in a dry run).
 PLACEHOLDER = "(encrypted with a new keystore key)"
+NO_KEY_YET = ("The organization keystore holds no encryption key yet: plan the run (which creates it) before "
+              "committing its batches.")
 
-_STATE = "_fliplet_encryption_key"
-_state_lock = threading.Lock()
+Note = Callable[[str], None]
 
 
 def check_fields(op: Operation) -> None:
@@ -63,50 +67,90 @@ def check_fields(op: Operation) -> None:
         raise EncryptionError(PRIMARY_KEY_REFUSED)
 
 
-def resolve_key(run: OperationRun) -> str | None:
-    """The data key of the run's operation: the config's, or the keystore's.
+def resolve_key(op: Operation, api: FlipletApi, *, create: bool, debug: Note | None = None,
+                note: Note | None = None) -> str | None:
+    """The data key of ``op``: the config's, or the keystore's (created when ``create``: only the
+    step that plans a run may create it, so two tasks never race to store two keys).
 
-    In a dry run nothing is created: ``None`` when the keystore or its key does not exist yet. A salt
-    that does not decrypt the stored key raises :class:`EncryptionError`.
+    ``None`` when the keystore or its key does not exist and ``create`` is off. A salt that does not
+    decrypt the stored key raises :class:`EncryptionError`.
     """
-    enc = run.op.encrypt
+    enc = op.encrypt
     if enc is None:
         return None
+    say = debug or (lambda message: None)
     if enc.key:
         key = enc.key.reveal()
         secrets.register(key)
-        run.log.debug("[ENCRYPTION] A key has been defined by the operation.")
+        say("[ENCRYPTION] A key has been defined by the operation.")
         return key
-    run.log.debug("[ENCRYPTION] A key has not been defined. Fetching the key from Fliplet servers...")
+    say("[ENCRYPTION] A key has not been defined. Fetching the key from Fliplet servers...")
     salt = enc.salt.reveal() if enc.salt else None
     secrets.register(salt)
-    return keystore.resolve_key(run.client, salt, create=not run.dry_run, note=run.log.info)
+    return keystore.resolve_key(api, salt, create=create, note=note)
 
 
-def key_for(run: OperationRun, *, create: bool = False) -> str | None:
-    """The run's key, resolved once and kept on the run.
+def read_key(op: Operation, api: FlipletApi) -> str:
+    """The key for a step that may not create it (a fleet commit task): the config's, or the keystore's.
+    Raises :class:`EncryptionError` when the keystore holds none yet."""
+    key = resolve_key(op, api, create=False)
+    if key is None:
+        raise EncryptionError(NO_KEY_YET)
+    return key
 
-    :func:`fliplet_workers.extensions.attach` resolves it (creating keystore and key on a first run).
-    A run that was not attached (a fleet commit task) resolves it here, read-only unless ``create``:
-    the plan step is the one place that may create a key, so two tasks never race to store two keys.
-    """
-    with _state_lock:
-        cached = run.extras.get(_STATE)
-        if cached is not None:
-            return cached[0]
-        if run.op.encrypt is None:
-            key = None
-        elif run.op.encrypt.key or create or run.dry_run:
-            key = resolve_key(run)
-        else:
-            salt = run.op.encrypt.salt.reveal() if run.op.encrypt.salt else None
-            secrets.register(salt)
-            key = keystore.resolve_key(run.client, salt, create=False)
-            if key is None:
-                raise EncryptionError("The organization keystore holds no encryption key yet: plan the run "
-                                      "(which creates it) before committing its batches.")
-        run.extras[_STATE] = (key,)
+
+class KeyCache:
+    """Keys read by :func:`read_key`, one per config and operation, for one run at a time (the fleet
+    keeps a cache per worker process: three keystore requests per run and worker, not per task).
+
+    Why per run: a run's key is fixed once its planner has resolved it, but between runs someone may
+    replace the keystore; a new run id reads the key again. The entry is also named by a digest of what
+    the key depends on (token, URL, salt, configured key), so a changed config reads it again. The key
+    itself is only ever in this process's memory."""
+
+    def __init__(self) -> None:
+        self._keys: dict[tuple[str, int], tuple[str, str, str]] = {}  # → (run, digest, key)
+
+    def key(self, spec: RunSpec, api: FlipletApi, run: str = "") -> str:
+        enc = spec.op.encrypt
+        if enc is None:
+            raise EncryptionError("The operation encrypts no field.")
+        parts = (spec.config.auth_token, spec.config.api_url, enc.salt or "", enc.key or "")
+        digest = hashlib.sha256("\x00".join(str.__str__(str(p)) for p in parts).encode()).hexdigest()
+        name = (spec.config.path, spec.index)
+        known = self._keys.get(name)
+        if known is not None and known[:2] == (run, digest):
+            return known[2]
+        key = read_key(spec.op, api)
+        self._keys[name] = (run, digest, key)
         return key
+
+    def clear(self) -> None:
+        self._keys.clear()
+
+
+@dataclass(frozen=True)
+class EncryptStep:
+    """Encrypts ``fields`` of each batch with the run's ``key``; without a key (a dry run before the
+    first real run) it shows :data:`PLACEHOLDER` instead. Built once per run, holding its key."""
+
+    fields: tuple[str, ...]
+    key: str | None
+
+    def apply(self, batch: Batch) -> Batch:
+        if not self.fields:
+            return batch
+        if self.key is None:
+            return placeholder_batch(batch, self.fields)
+        return encrypt_batch(batch, self.fields, self.key)
+
+    def only(self, keep: Callable[[str], bool]) -> EncryptStep:
+        """The same step for the fields ``keep`` accepts (the fleet encrypts file columns later)."""
+        return EncryptStep(tuple(f for f in self.fields if keep(f)), self.key)
+
+    def decode_remote(self) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+        """The diff's ``decode_remote``: decrypt remote values with the key (None without one)."""
+        return decoder(self.fields, self.key) if self.key is not None else None
 
 
 def encrypt_batch(batch: Batch, fields: Iterable[str], key: str) -> Batch:
@@ -126,9 +170,9 @@ def placeholder_batch(batch: Batch, fields: Iterable[str]) -> Batch:
 
 
 def _map_fields(batch: Batch, names: tuple[str, ...], change: Callable[[Any], Any]) -> Batch:
-    entries: list[dict[str, Any]] = []
+    entries = []
     for entry in batch.entries:
-        data = entry.get("data") or {}
+        data = entry.data
         if not any(name in data for name in names):
             entries.append(entry)
             continue
@@ -136,8 +180,8 @@ def _map_fields(batch: Batch, names: tuple[str, ...], change: Callable[[Any], An
         for name in names:
             if name in new_data:
                 new_data[name] = change(new_data[name])
-        entries.append({**entry, "data": new_data})
-    return Batch(number=batch.number, entries=entries, delete=batch.delete, insert_keys=batch.insert_keys)
+        entries.append(entry.with_data(new_data))
+    return batch.with_entries(entries)
 
 
 class Plaintext(str):

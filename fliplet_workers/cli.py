@@ -49,6 +49,8 @@ def _agent_commands(sub: Any) -> None:
     start.add_argument("config", help="path/to/config.yml (or a Python code config .py)")
     start.add_argument("--test", action="store_true",
                        help="dry run: print what would be sent to Fliplet, send nothing, exit")
+    start.add_argument("--full", action="store_true",
+                       help="incremental operations compare every row on this start's first run")
     start.set_defaults(handler=cmd_start)
 
     validate = sub.add_parser("validate", help="Check a config file and report every problem in it.")
@@ -129,20 +131,20 @@ def cmd_start(args: argparse.Namespace) -> int:
     dry_run = args.test or config.is_dry_run
     scheduled = [op for op in config.operations if op.frequency]
     if dry_run or not scheduled:
-        ok = _run_once(config, dry_run)
+        ok = _run_once(config, dry_run, full=args.full)
         if dry_run:
             log.info("Dry run finished. Aborting process.")
         return 0 if ok else 1
-    return _run_scheduled(config)
+    return _run_scheduled(config, full=args.full)
 
 
-def _run_once(config: Config, dry_run: bool, indexes: Sequence[int] | None = None) -> bool:
+def _run_once(config: Config, dry_run: bool, indexes: Sequence[int] | None = None, *, full: bool = False) -> bool:
     from fliplet_workers.alerts import foreground_runs_ended
     from fliplet_workers.pipeline.agent import run_config
 
     log = logs.for_config(config.name)
     try:
-        summaries = run_config(config, dry_run=dry_run, log=log, only=indexes, progress=_progress_bar())
+        summaries = run_config(config, dry_run=dry_run, log=log, only=indexes, progress=_progress_bar(), full=full)
     except AgentError as error:
         log.critical(redact(error.log_text()))
         if not (dry_run or config.is_dry_run):
@@ -238,14 +240,23 @@ def _stop(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _run_scheduled(config: Config) -> int:
-    """Keep running each operation on its cron ``frequency`` until interrupted (Ctrl+C, SIGTERM)."""
+def _run_scheduled(config: Config, *, full: bool = False) -> int:
+    """Keep running each operation on its cron ``frequency`` until interrupted (Ctrl+C, SIGTERM).
+    ``full`` (``--full``): each operation's first run compares every row."""
     from fliplet_workers.cron import schedule_timezone
     from fliplet_workers.foreground import describe_schedule, run_forever, utc_now
 
     log = logs.for_config(config.name)
+    pending_full = set(range(len(config.operations))) if full else set()
+
+    def run(due: Sequence[int] | None) -> bool:
+        chosen = set(range(len(config.operations)) if due is None else due)
+        now_full = bool(chosen & pending_full)
+        pending_full.difference_update(chosen)
+        return _run_once(config, False, due, full=now_full)
+
     if config.sync_on_init:
-        _run_once(config, False)
+        run(None)
     frequencies = {i: str(op.frequency) for i, op in enumerate(config.operations) if op.frequency}
     zone = schedule_timezone(config.timezone)  # the config's, else FLIPLET_TIMEZONE, else the host's
     log.info(f"Scheduling {len(frequencies)} operation(s) to run with their set frequency...")
@@ -254,7 +265,7 @@ def _run_scheduled(config: Config) -> int:
     log.info("Scheduling complete. Keep this process alive and you're good to go!")
     signal.signal(signal.SIGTERM, _stop)
     try:
-        run_forever(frequencies, lambda due: _run_once(config, False, due), tz=zone)
+        run_forever(frequencies, run, tz=zone)
     except KeyboardInterrupt:
         log.info("Agent stopped.")
     return 0

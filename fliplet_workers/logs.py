@@ -7,9 +7,12 @@ At the default verbosity (``debug``) the agent writes one or two lines per sourc
 must cost next to nothing (issue 9). :class:`AgentHandler` therefore formats each record once,
 queues the line, and writes the terminal and the file through one in-memory buffer that is flushed
 at once for a warning or worse, when it grows past :data:`BUFFER_BYTES`, at least every
-:data:`FLUSH_SECONDS` (a timer thread), at the end of a run (:func:`flush`) and at exit. The plain
-``debug``/``info`` calls of :class:`OperationLog` skip building a ``LogRecord`` when that handler is
-the only place their lines can go, and queue the very line the formatter would have written.
+:data:`FLUSH_SECONDS` (a writer thread), at the end of a run (:func:`flush`) and at exit. A full
+buffer's copy for the log file is written by the writer thread, so that the file writes overlap the
+work that logs (the terminal is shared with other writers: it is written by the logging thread). The plain ``debug``/``info`` calls of
+:class:`OperationLog` skip building a ``LogRecord`` when that handler is the only place their lines
+can go, and queue the very line the formatter would have written, its head (time, level, name) made
+once per millisecond; the diff's two lines about a row go in one call (``lines``).
 
 Redaction happens once per flush, on the joined text that both streams then receive: a secret or a
 URL password never spans a line break (see :func:`fliplet_workers.secrets.redact`), so that is the
@@ -39,6 +42,9 @@ _FORMAT = "%(asctime)s %(levelname)s %(message)s"
 BUFFER_BYTES = 1 << 16
 #: ...or this long after the last write, whichever comes first.
 FLUSH_SECONDS = 1.0
+#: Full buffers the writer thread may fall behind by in writing the log file before the logging thread
+#: writes them itself.
+BACKLOG_BUFFERS = 16
 
 
 class RedactFilter(logging.Filter):
@@ -73,14 +79,16 @@ class AgentHandler(logging.Handler):
         self._lines: deque[str] = deque()
         self._size = 0
         self._write_lock = threading.Lock()  # one flush at a time, so the buffers go out in order
-        self._stop = threading.Event()
+        self._file_lock = threading.Lock()  # one write to the files at a time, in order
+        self._file_texts: deque[str] = deque()  # flushed text the writer thread is to write to the files
+        self._flushed_at = time.monotonic()
+        self._stop = False
+        self._wake = threading.Event()  # set when there is text for the files: the writer writes it
         self._timer = threading.Thread(target=self._tick, name="fliplet-log-flush", daemon=True)
         self._timer.start()
         # (second, its asctime as ``logging.Formatter`` writes it, in local time): one tuple, so
         # that threads never pair one second with another's text.
         self._stamp: tuple[int, str] = (-1, "")
-        #: (level, prefix) → (the millisecond, the head of its lines): see :meth:`line`.
-        self._heads: dict[tuple[int, str], tuple[int, str]] = {}
 
     # -- writing lines -------------------------------------------------------------------------
     def emit(self, record: logging.LogRecord) -> None:
@@ -91,49 +99,48 @@ class AgentHandler(logging.Handler):
             return
         self.add(line, urgent=record.levelno >= logging.WARNING)
 
-    def line(self, logger: logging.Logger, level: int, prefix: str, message: Any) -> bool:
-        """Queue ``prefix + message`` of ``logger`` at ``level`` exactly as :meth:`emit` would
-        format it, without a ``LogRecord``: the fast path of :class:`OperationLog`. Only when this
-        handler is the only place the line can go (no other handler, filter or propagation that
-        would want a real record) and the level is enabled; else False, and nothing is done.
+    def line(self, route: Route, message: Any) -> bool:
+        """Queue ``prefix + message`` at the route's level exactly as :meth:`emit` would format it,
+        without a ``LogRecord``: the fast path of :class:`OperationLog`. Only when this handler is
+        the only place the line can go (no other handler, filter or propagation that would want a
+        real record) and the level is enabled; else False, and nothing is done.
 
-        Why so terse: at ``debug`` this runs once or twice per source row. The line's head (time,
-        level, prefix) is made once per millisecond and reused by every line of that millisecond."""
-        if not self._sole(logger, level):
+        Why so terse: at ``debug`` this runs once or twice per source row (issue 9). The line's head
+        (time, level, prefix) is made once per millisecond and reused by every line of that
+        millisecond."""
+        logger, owner = route.logger, self.owner
+        if (logger.handlers or logger.filters or self.filters or owner.propagate or logger.parent is not owner
+                or len(owner.handlers) != 1 or owner.handlers[0] is not self or not logger.isEnabledFor(route.level)):
             return False
-        line = self._head_now(level, prefix) + (message if type(message) is str else str(message))
+        millis = int(_clock() * 1000)
+        cached = route.cached
+        if cached[0] != millis:
+            cached = route.cached = (millis, self._head(millis, route.level, route.prefix))
+        line = cached[1] + (message if type(message) is str else str(message))
         self._lines.append(line)
         self._size += len(line)
         if self._size >= BUFFER_BYTES:
-            self.flush()
+            self._full()
         return True
 
-    def lines(self, logger: logging.Logger, level: int, prefix: str, messages: tuple[str, ...]) -> bool:
-        """:meth:`line` for several messages at once (one route check, one clock read): the diff's
-        two lines about a row that exists remotely."""
-        if not self._sole(logger, level):
+    def lines(self, route: Route, messages: tuple[str, ...]) -> bool:
+        """:meth:`line` for several messages at once: one routing check, one clock read, one
+        queued text (the diff's two lines about a row that exists remotely)."""
+        logger, owner = route.logger, self.owner
+        if (logger.handlers or logger.filters or self.filters or owner.propagate or logger.parent is not owner
+                or len(owner.handlers) != 1 or owner.handlers[0] is not self or not logger.isEnabledFor(route.level)):
             return False
-        head = self._head_now(level, prefix)
-        for message in messages:
-            line = head + message
-            self._lines.append(line)
-            self._size += len(line)
+        millis = int(_clock() * 1000)
+        cached = route.cached
+        if cached[0] != millis:
+            cached = route.cached = (millis, self._head(millis, route.level, route.prefix))
+        head = cached[1]
+        text = head + ("\n" + head).join(messages)
+        self._lines.append(text)
+        self._size += len(text)
         if self._size >= BUFFER_BYTES:
-            self.flush()
+            self._full()
         return True
-
-    def _sole(self, logger: logging.Logger, level: int) -> bool:
-        """This handler is the only place a line of ``logger`` at ``level`` goes, and it is enabled."""
-        owner = self.owner
-        return not (logger.handlers or logger.filters or self.filters or owner.propagate or logger.parent is not owner
-                    or len(owner.handlers) != 1 or owner.handlers[0] is not self) and logger.isEnabledFor(level)
-
-    def _head_now(self, level: int, prefix: str) -> str:
-        millis = int(time.time() * 1000)
-        cached = self._heads.get((level, prefix))
-        if cached is None or cached[0] != millis:
-            cached = self._heads[(level, prefix)] = (millis, self._head(millis, level, prefix))
-        return cached[1]
 
     def _head(self, millis: int, level: int, prefix: str) -> str:
         """``2024-01-02 03:04:05,678 DEBUG [name] ``: what ``logging.Formatter`` writes before the
@@ -148,27 +155,53 @@ class AgentHandler(logging.Handler):
     def add(self, line: str, *, urgent: bool) -> None:
         self._lines.append(line)
         self._size += len(line)
-        if urgent or self._size >= BUFFER_BYTES:
+        if urgent:
             self.flush()
+        elif self._size >= BUFFER_BYTES:
+            self._full()
+
+    def _full(self) -> None:
+        """The buffer is full: written out now, by this thread, to the terminal; the log file's copy
+        is handed to the writer thread (a file write releases the GIL, so it overlaps the work that
+        logs). The terminal is written here because other code writes to it too (the progress
+        display's redraws, ``print``, a traceback): a text stream must not be written from two
+        threads at once."""
+        self.flush(hand_off=True)
 
     # -- flushing ------------------------------------------------------------------------------
-    def flush(self) -> None:
-        """Write every queued line, redacted, to each stream, then flush the streams."""
+    def flush(self, *, hand_off: bool = False) -> None:
+        """Write every queued line, redacted, to each stream, then flush the streams. With
+        ``hand_off`` the files' copy may be left to the writer thread (at most
+        :data:`BACKLOG_BUFFERS` texts wait for it; else this thread writes them)."""
         with self._write_lock:
             queued, pop = len(self._lines), self._lines.popleft
             self._size = 0
-            if not queued:
-                return
-            text = redact("\n".join([pop() for _ in range(queued)]) + "\n")
-            if self.terminal is not None:
+            self._flushed_at = time.monotonic()
+            text = redact("\n".join([pop() for _ in range(queued)]) + "\n") if queued else None
+            if text is not None and self.terminal is not None:
                 guard = self.guard
                 if guard is None:
                     self._write(self.terminal, text)
                 else:
                     with guard(self.terminal):
                         self._write(self.terminal, text)
-            for stream in self.files:
-                self._write(stream, text)
+            if (text is not None and hand_off and self.files and len(self._file_texts) < BACKLOG_BUFFERS
+                    and self._timer.is_alive()):
+                self._file_texts.append(text)
+                self._wake.set()
+            else:
+                self._write_files(text)
+
+    def _write_files(self, text: str | None = None) -> None:
+        """Write the texts waiting for the writer thread, then ``text``, to the files, in order."""
+        with self._file_lock:
+            while self._file_texts:
+                waiting = self._file_texts.popleft()
+                for stream in self.files:
+                    self._write(stream, waiting)
+            if text is not None:
+                for stream in self.files:
+                    self._write(stream, text)
 
     @staticmethod
     def _write(stream: IO[str], text: str) -> None:
@@ -180,13 +213,18 @@ class AgentHandler(logging.Handler):
                   file=sys.__stderr__)
 
     def _tick(self) -> None:
-        """The timer: no line waits in the buffer longer than :data:`FLUSH_SECONDS`."""
-        while not self._stop.wait(FLUSH_SECONDS):
-            if self._lines:
+        """The writer thread: writes the texts handed to it to the files, and flushes the buffer at
+        least every :data:`FLUSH_SECONDS` (no line waits longer)."""
+        while not self._stop:
+            woken = self._wake.wait(FLUSH_SECONDS)
+            self._wake.clear()
+            self._write_files()
+            if self._lines and (not woken or time.monotonic() - self._flushed_at >= FLUSH_SECONDS):
                 self.flush()
 
     def close(self) -> None:
-        self._stop.set()
+        self._stop = True
+        self._wake.set()
         try:
             self.flush()
         finally:
@@ -197,6 +235,20 @@ class AgentHandler(logging.Handler):
             if _fast is self:
                 _fast = None
             super().close()
+
+
+_clock = time.time
+
+
+class Route:
+    """Where one :class:`OperationLog` writes at one level, and the head of its lines in the last
+    millisecond it wrote (one tuple, so that threads never pair a millisecond with another's head)."""
+
+    __slots__ = ("cached", "level", "logger", "prefix")
+
+    def __init__(self, logger: logging.Logger, level: int, prefix: str) -> None:
+        self.logger, self.level, self.prefix = logger, level, prefix
+        self.cached: tuple[int, str] = (-1, "")
 
 
 #: "000" to "999": the milliseconds of a timestamp without a format spec (measurably cheaper).
@@ -224,16 +276,16 @@ class OperationLog(logging.LoggerAdapter[logging.Logger]):
     def _writer(self, level: int, slow: Callable[..., None]) -> Callable[..., None]:
         """``debug``/``info``: the handler's fast path (:meth:`AgentHandler.line`) when it can take
         the line, else ``logging``'s own way (a ``LogRecord`` for every handler and filter)."""
-        logger, prefix = self.logger, self._prefix
+        route = Route(self.logger, level, self._prefix)
 
         def write(msg: Any, *args: Any, **kwargs: Any) -> None:
             handler = _fast
-            if handler is None or args or kwargs or not handler.line(logger, level, prefix, msg):
+            if handler is None or args or kwargs or not handler.line(route, msg):
                 slow(msg, *args, **kwargs)
 
         def lines(*messages: str) -> None:
             handler = _fast
-            if handler is None or not handler.lines(logger, level, prefix, messages):
+            if handler is None or not handler.lines(route, messages):
                 for message in messages:
                     slow(message)
 

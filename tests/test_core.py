@@ -364,7 +364,7 @@ def test_values_with_their_own_equality_are_kept_whole() -> None:
 def test_numeric_and_text_timestamps_in_the_index() -> None:
     remote = [entry(1, id=1, at=1704164645678, v="a"), entry(2, id=2, at="2024-01-02T03:04:05.000Z", v="b"),
               entry(3, id=3, v="c")]
-    rows = [{"id": 1, "at": "2024-01-02T03:04:05.999Z", "v": "changed but same second"},
+    rows: list[dict[str, Any]] = [{"id": 1, "at": "2024-01-02T03:04:05.999Z", "v": "changed but same second"},
             {"id": 2, "at": "2024-01-02T03:04:06.000Z", "v": "b"}, {"id": 3, "at": None, "v": "c"}]
     plan = run_diff(rows, remote, timestamp_column="at")
     assert [i for i, _ in plan.updates] == [2] and plan.unchanged == 2
@@ -394,3 +394,48 @@ def test_the_index_keeps_a_fraction_of_the_data() -> None:
     size, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert index.count == n and size / n < 250, size / n  # the whole data took ~600 bytes per entry
+
+
+def test_codes_of_rows_match_the_index_whatever_the_path() -> None:
+    """The codes (issue 9: text by Python's string hash, small whole numbers exactly, the rest by
+    BLAKE2b) say "equal" exactly where the data would, on the fast path (the row has the entry's
+    columns in its order) and column by column (other order, ignored columns, subclasses)."""
+    class Text(str):
+        pass
+
+    class Number(int):
+        pass
+
+    remote = entry(10, id=1, a="", b=0, c=-1, d=2**55, e=-(2**55) - 1, f=2**80, g="x" * 100, h=None, i=False)
+    same = {"id": 1, "a": "", "b": 0, "c": -1, "d": 2**55, "e": -(2**55) - 1, "f": 2**80, "g": "x" * 100,
+            "h": None, "i": False}
+    assert run_diff([same], [remote]).unchanged == 1  # the fast path
+    assert run_diff([dict(reversed(same.items()))], [remote]).unchanged == 1  # column by column
+    assert run_diff([{**same, "a": Text(""), "b": Number(0)}], [remote]).unchanged == 1  # subclasses
+    assert run_diff([{**same, "g": "changed"}], [remote], ignore_columns=frozenset({"g"})).unchanged == 1
+    for column, value in (("a", 0), ("b", ""), ("c", -2), ("d", 2**55 + 1), ("e", -(2**55)), ("f", 2**80 + 1),
+                          ("g", "x" * 99), ("h", 0), ("i", 0), ("i", None), ("b", False)):
+        for row in ({**same, column: value}, dict(reversed({**same, column: value}.items()))):
+            assert len(run_diff([row], [remote]).updates) == 1, (column, value)
+
+
+def test_a_note_with_lines_gets_the_same_lines_in_fewer_calls() -> None:
+    """The agent's log takes a row's two lines in one call (``note.lines``): same lines, same order."""
+    rows: list[dict[str, Any]] = [{"id": 1, "v": "a"}, {"id": 2, "v": "changed"}, {"id": 3, "gone": True}, {"id": 4}]
+    remote = [entry(5, id=1, v="a"), entry(6, id=2, v="b"), entry(7, id=3)]
+    options = DiffOptions("id", delete_column="gone")
+    one_by_one: list[str] = []
+    diff(rows, iter(remote), options, note=one_by_one.append)
+    calls: list[tuple[str, ...]] = []
+
+    def note(message: str) -> None:
+        calls.append((message,))
+
+    note.lines = lambda *messages: calls.append(messages)  # type: ignore[attr-defined]
+    diff(rows, iter(remote), options, note=note)
+    assert [line for call in calls for line in call] == one_by_one
+    assert len(calls) == 4 and one_by_one[:2] == ["Row 1 already exists on Fliplet servers with ID 5",
+                                                  "Row 1 already exists on Fliplet servers with ID 5 and does not "
+                                                  "require updating."]
+    assert one_by_one[3] == "Row 2 has been marked for updating."
+    assert one_by_one[5] == "Row 3 has been marked for deletion on Fliplet servers with ID 7."

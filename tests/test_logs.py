@@ -119,7 +119,43 @@ def test_a_big_buffer_is_written_before_the_timer(_agent_log_file: Path, monkeyp
     log = logs.for_config("cfg")
     for number in range(2000):
         log.debug(f"Row {number} has been marked for inserting.")
-    assert "Row 0 has been marked" in _agent_log_file.read_text()  # > BUFFER_BYTES went out
+    # > BUFFER_BYTES went out, written by the writer thread long before its 60 s timer
+    assert _wait_for(lambda: "Row 0 has been marked" in _agent_log_file.read_text(), 3.0)
+
+
+def test_a_logging_thread_that_outruns_the_writer_writes_itself(_agent_log_file: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logs, "FLUSH_SECONDS", 60.0)
+    monkeypatch.setattr(logs, "BACKLOG_BUFFERS", 0)  # no text may wait for the writer thread
+    logs.setup("debug", to_terminal=False)
+    log = logs.for_config("cfg")
+    for number in range(2000):
+        log.debug(f"Row {number} has been marked for inserting.")
+    assert "Row 0 has been marked" in _agent_log_file.read_text()  # written by this thread, at once
+
+
+def test_several_lines_in_one_call_are_the_lines_one_by_one(_agent_log_file: Path) -> None:
+    """``debug.lines`` (the diff's two lines about a row) writes what two ``debug`` calls would,
+    with the same head, and steps aside like ``debug`` when another handler wants records."""
+    logs.setup("debug", to_terminal=False)
+    log = logs.for_config("cfg")
+    log.debug.lines("Row 1 already exists", "Row 1 already exists and does not require updating.")  # type: ignore[attr-defined]
+    log.debug("Row 2 has been marked for inserting.")
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    logging.getLogger(logs.ROOT).addHandler(Keep())
+    log.debug.lines("first", "second")  # type: ignore[attr-defined]
+    logs.flush()
+    lines = _agent_log_file.read_text().splitlines()
+    assert all(LINE.match(line) for line in lines), lines
+    assert [line.split(" DEBUG ")[1] for line in lines] == [
+        "[cfg] Row 1 already exists", "[cfg] Row 1 already exists and does not require updating.",
+        "[cfg] Row 2 has been marked for inserting.", "[cfg] first", "[cfg] second"]
+    assert seen == ["[cfg] first", "[cfg] second"]
 
 
 def test_buffered_lines_reach_the_file_when_the_process_dies_of_an_exception(tmp_path: Path) -> None:
@@ -219,7 +255,8 @@ def test_the_progress_display_on_a_terminal_has_totals_and_log_lines_stay_whole(
     # Every log line is whole on its own line, not glued onto a progress bar's text.
     logged = [line for line in re.split(r"[\r\n]+", screen) if " DEBUG [cfg] " in line]
     assert len(logged) >= 5000
-    assert all(LINE.match(re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", line)) for line in logged)
+    bad = [line for line in logged if not LINE.match(re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", line))]
+    assert not bad, [repr(b) for b in bad[:3]]
     # The first sync (no remote entries: no total) showed the batches committed of those cut.
     drawn = re.findall(r"Rows judged: ([0-9.]+k?) rows \[.*?rows/s, batches committed (\d+)/(\d+)\]", first_screen)
     assert any(int(cut) > 0 for _, _, cut in drawn), drawn

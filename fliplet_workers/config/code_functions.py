@@ -26,6 +26,7 @@ __all__ = [
     "SourceDB",
     "SyncCallback",
     "settle",
+    "takes_watermark",
 ]
 
 
@@ -67,9 +68,25 @@ def _rows(result: Any, label: str) -> Iterable[Mapping[str, Any]]:
     return result
 
 
+def takes_watermark(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` accepts a ``watermark`` keyword (or any keyword): an incremental operation's
+    source functions then receive it (None on a full run)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is p.VAR_KEYWORD or (p.name == "watermark" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+               for p in parameters)
+
+
+def _watermark(fn: Callable[..., Any], ctx: Any) -> dict[str, Any]:
+    """``{"watermark": ...}`` for a function that takes it, on an incremental operation's run."""
+    return {"watermark": ctx.watermark} if getattr(ctx, "incremental", False) and takes_watermark(fn) else {}
+
+
 @dataclass(frozen=True)
 class QuerySource:
-    """``sourceQuery(db)`` as an ``Operation.source``."""
+    """``sourceQuery(db)`` (or ``sourceQuery(db, watermark=None)``) as an ``Operation.source``."""
 
     fn: Callable[..., Any]
     name: str = "sourceQuery"
@@ -77,7 +94,7 @@ class QuerySource:
     def __call__(self, ctx: SourceContext) -> Iterable[Mapping[str, Any]]:
         if ctx.db is None:
             raise SourceError(f"{self.name}(db) needs a database, but the config defines none")
-        return _rows(settle(self.fn(ctx.db)), f"{self.name}(db)")
+        return _rows(settle(self.fn(ctx.db, **_watermark(self.fn, ctx))), f"{self.name}(db)")
 
 
 @dataclass(frozen=True)
@@ -89,7 +106,8 @@ class FunctionSource:
     name: str = "source"
 
     def __call__(self, ctx: SourceContext) -> Iterable[Mapping[str, Any]]:
-        result = self.fn(ctx.http) if self.takes_http else self.fn()
+        extra = _watermark(self.fn, ctx)
+        result = self.fn(ctx.http, **extra) if self.takes_http else self.fn(**extra)
         return _rows(settle(result), f"{self.name}({'http' if self.takes_http else ''})")
 
 

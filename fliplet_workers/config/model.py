@@ -100,6 +100,9 @@ class Operation:
     encrypt: Encryption | None = None
     on_sync: Callable[[dict[str, Any]], Any] | None = None
     delete_limit: DeleteLimit | None = None  # None: the default guard (see core.guard)
+    #: Read only rows newer than the watermark; ``full_refresh``: when a run compares everything instead.
+    incremental: bool = False
+    full_refresh: str | None = None  # a cron expression or an interval such as "24h" (see parsers.full_refresh)
     # pull: the query sent to Fliplet and what to do with the entries
     where: Mapping[str, Any] | None = None
     attributes: tuple[str, ...] | None = None

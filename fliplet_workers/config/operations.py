@@ -81,6 +81,8 @@ def read_operation(
             kwargs["files"] = read_files(sec, "files") or ()
         elif option.name == "encrypt":
             kwargs["encrypt"] = read_encrypt(sec, "encrypt", kwargs.get("primary_column"))
+    if kind == "push":
+        _check_incremental(sec, kwargs)
     if hook is not None:
         hook(sec, kind, kwargs)
     elif kind == "push":
@@ -95,6 +97,28 @@ def read_operation(
     if len(sec.report.problems) > before or "datasource_id" not in kwargs:
         return None
     return Operation(**kwargs)
+
+
+def _check_incremental(sec: Section, kwargs: dict[str, Any]) -> None:
+    """``incremental`` reads only newer rows and looks up only their keys, so it needs update mode (a
+    replace run deletes what it did not read), a timestamp column (what "newer" means) and an exactly
+    matched primary column (what is looked up); ``full_refresh`` only means something with it."""
+    if not kwargs.get("incremental"):
+        if kwargs.get("full_refresh") is not None:
+            sec.problem("full_refresh", f"only applies with '{sec.name('incremental')}: true'")
+        return
+    needs = [("timestamp_column", "rows are read when it is after the last run's highest"),
+             ("primary_column", "the rows read are looked up on Fliplet by key")]
+    for option, why in needs:
+        if kwargs.get(option) is None and not sec.given(option):
+            sec.problem("incremental", f"needs '{sec.name(option)}' ({why})")
+    if kwargs.get("mode") == "replace":
+        sec.problem("incremental", "cannot be used with mode 'replace': a replace run deletes the entries the "
+                                   "source no longer returns, and an incremental run reads only the newer rows "
+                                   f"(use mode 'update', with '{sec.name('delete_column')}' to delete rows)")
+    if kwargs.get("case_insensitive_primary_column"):
+        sec.problem("incremental", f"cannot be used with '{sec.name('case_insensitive_primary_column')}': keys "
+                                   "are looked up on Fliplet exactly as written")
 
 
 def read_files(sec: Section, canonical: str) -> tuple[FileColumn, ...] | None:

@@ -23,6 +23,7 @@ from fliplet_workers.config.parsers import (
     delete_limit,
     existing_file,
     flag,
+    full_refresh,
     http_url,
     mapping,
     seconds,
@@ -207,6 +208,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("delete_limit", PUSH, "the most entries one run may delete: a count (`500`), a percentage of the "
            "data source (`\"10%\"`) or `none`. See [The delete guard](#the-delete-guard)",
            alias="deleteLimit", parse=delete_limit(), type="count, % or none", default="the delete guard"),
+    Option("incremental", PUSH, "read only the rows whose `timestamp_column` is after the highest one the "
+           "last successful run committed (the watermark), and look up only their keys on Fliplet. Update "
+           "mode with a `primary_column` and a `timestamp_column` only. See [Incremental reads](#incremental-reads)",
+           parse=flag(), type="true/false", default="false"),
+    Option("full_refresh", PUSH, "with `incremental`: when a run compares everything instead (which also sees "
+           "deletions and rows changed without a newer timestamp): a cron (`0 3 * * 0`) or an interval (`24h`, "
+           "`7d`) since the last full run", alias="fullRefresh", parse=full_refresh(), type="cron or interval",
+           default="never (only `start --full`)"),
     Option("where", PULL, "the filter sent to Fliplet (its query operators, e.g. `$gt`)", parse=mapping(),
            type="mapping"),
     Option("attributes", PULL, "the columns to fetch", parse=strings(), type="list", default="all"),

@@ -17,6 +17,7 @@ from typing import Any
 from fliplet_workers.config.model import DeleteLimit
 from fliplet_workers.config.problems import BROKEN, shown
 from fliplet_workers.config.section import Section
+from fliplet_workers.cron import validate_cron
 
 __all__ = [
     "Parse",
@@ -26,7 +27,9 @@ __all__ = [
     "delete_limit",
     "existing_file",
     "flag",
+    "full_refresh",
     "http_url",
+    "interval_seconds",
     "mapping",
     "seconds",
     "strings",
@@ -209,3 +212,38 @@ def _delete_limit(value: Any) -> DeleteLimit | None:
         if match and float(match.group(1)) <= 100:
             return DeleteLimit(percent=float(match.group(1)))
     return None
+
+
+_INTERVAL = re.compile(r"(\d+)\s*([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def interval_seconds(text: str) -> float | None:
+    """``"24h"``, ``"7d"``, ``"1d12h"``, ``"90m"`` → seconds; ``None`` when ``text`` is not one
+    (units: s, m, h, d, w)."""
+    compact = "".join(text.split()).lower()
+    if not compact or _INTERVAL.sub("", compact):
+        return None
+    total = sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _INTERVAL.findall(compact))
+    return float(total) if total > 0 else None
+
+
+def full_refresh() -> Parse:
+    """A cron expression (``0 3 * * 0``) or an interval (``24h``, ``7d``): when an incremental
+    operation compares everything instead."""
+
+    def parse(sec: Section, canonical: str) -> str | None:
+        value = sec.text(canonical)
+        if value is None:
+            return None
+        if interval_seconds(value) is not None:
+            return "".join(value.split()).lower()
+        if len(value.split()) == 5 and validate_cron(value) is None:
+            return " ".join(value.split())
+        why = validate_cron(value) if len(value.split()) == 5 else None
+        detail = f" ({why})" if why else ""
+        sec.problem(canonical, f"must be a cron expression such as '0 3 * * 0' or an interval such as '24h' or "
+                               f"'7d', got {shown(value)}{detail}")
+        return None
+
+    return parse

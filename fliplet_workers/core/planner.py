@@ -169,7 +169,10 @@ class Planner:
             self._say_two(raw, entry_id, f"Row {raw} has been marked for updating.")
             return Change("update", LocalRow(data=data, raw_key=raw, deleted=deleted), entry_id)
         self.tally.unchanged += 1
-        if self.verbose:
+        if self.say_lines is not None:  # the usual line of a re-run at debug: as direct as it gets
+            first = f"Row {raw} already exists on Fliplet servers with ID {entry_id}"
+            self.say_lines(first, first + " and does not require updating.")
+        elif self.verbose:
             first = f"Row {raw} already exists on Fliplet servers with ID {entry_id}"
             self._say_lines(first, first + " and does not require updating.")
         return None

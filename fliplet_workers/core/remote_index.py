@@ -124,7 +124,8 @@ class RemoteIndex:
         """``put(key, entry_id, data)``: keep what the diff needs of one entry's (decoded) data under
         ``key``. A closure, with everything it needs bound once: it runs once per remote entry."""
         ignore, ts_col, code = options.ignore_columns, options.timestamp_column, self.coder.code
-        by_key, layouts, last = self.by_key, self.layouts, [((), False, None)]
+        by_key, layouts = self.by_key, self.layouts
+        last: list[tuple[tuple[Any, ...], bool, Layout | None]] = [((), False, None)]  # the previous entry's
 
         def put(key: Key, entry_id: Any, data: Mapping[str, Any]) -> None:
             names = tuple(n for n in data if n not in ignore) if ignore else tuple(data)

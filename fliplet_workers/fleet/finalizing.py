@@ -14,7 +14,7 @@ from typing import Any
 
 from fliplet_workers.core.summary import RunSummary
 from fliplet_workers.errors import ConfigError
-from fliplet_workers.fleet import history
+from fliplet_workers.fleet import history, watermarks
 from fliplet_workers.fleet import keys as fleet_keys
 from fliplet_workers.fleet.locks import kept_alive
 from fliplet_workers.fleet.runtime import Fleet
@@ -118,5 +118,6 @@ def record_summary(fleet: Fleet, run_id: str, summary: RunSummary,
         store.save_summary(result, pipe)
         history.add(pipe, summary.config, summary.operation, result, fleet.settings.history)
         pipe.execute()
+    watermarks.advance(fleet.redis, run_id, summary)  # incremental operations: only when the run ended ok
     fleet.run_lock(summary.config, summary.operation).release(run_id)
     return result

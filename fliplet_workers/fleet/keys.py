@@ -27,6 +27,9 @@ key                                        type    what it holds
 ``fleet:run:<id>:resume``                  string  recovery sent a resumed planner (EX ttl)
 ``fleet:run:<id>:lost``                    string  the run was recorded as lost (once)
 ``fleet:recover``                          string  the recovery sweep running now (PX ttl)
+``fleet:watermark:<config>:<op>``          string  an incremental operation's watermark (JSON, no ttl)
+``fleet:run:<id>:watermark``               string  what the run would make the watermark, advanced by
+                                                   finalize only when the run ended ok (EX ttl)
 =========================================  ======  ====================================================
 
 Everything under ``fleet:run:<id>`` expires (``FLIPLET_RUN_TTL``); a batch's rows are deleted as soon as it
@@ -95,3 +98,11 @@ def resume(run_id: str) -> str:
 
 def lost(run_id: str) -> str:
     return f"{PREFIX}:run:{run_id}:lost"
+
+
+def watermark(config: str, operation: int) -> str:
+    return f"{PREFIX}:watermark:{config}:{operation}"
+
+
+def run_watermark(run_id: str) -> str:
+    return f"{PREFIX}:run:{run_id}:watermark"

@@ -36,6 +36,7 @@ from fliplet_workers.fleet.staging import (
     mark_active,
 )
 from fliplet_workers.fleet.state import outcomes
+from fliplet_workers.fleet.watermarks import RedisMarks, keep_candidate
 from fliplet_workers.fleet.worker import FleetError, worker_label
 from fliplet_workers.logs import OperationLog, for_config
 from fliplet_workers.pipeline.agent import run_operation
@@ -178,7 +179,7 @@ def _plan(fleet: Fleet, run_id: str, config: Config, index: int, dry_run: bool, 
         db = connect_database(config, log)
         authenticate(client, log)
         spec = RunSpec(config=config, index=index, dry_run=dry_run or config.is_dry_run)
-        res = Resources(api=client, log=log, db=db)
+        res = Resources(api=client, log=log, db=db, marks=RedisMarks(fleet.redis, config.name))
         if spec.dry_run or op.type == "pull":  # nothing to fan out: exactly the foreground agent's run
             return Started(finish_inline(fleet, run_id, run_operation(spec, res), started))
         return _push(fleet, run_id, spec, res, started, send, first_batch, lost)
@@ -201,7 +202,9 @@ def _push(fleet: Fleet, run_id: str, spec: RunSpec, res: Resources, started: flo
                        file_jobs=resumed.file_jobs if resumed is not None else None,
                        sent_before=lambda count: _sent_before(fleet, run_id, count))
     try:
-        pushed = push(spec, res, steps, sink, record=record, first_batch=first_batch)
+        pushed = push(spec, res, steps, sink, record=record, first_batch=first_batch,
+                      on_read=lambda candidate: keep_candidate(fleet.redis, run_id, candidate,
+                                                               fleet.settings.run_ttl_s))
     finally:
         steps.close()
     if pushed.ended:  # nothing to commit: closed by ``push`` like the foreground's

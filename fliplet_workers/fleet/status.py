@@ -23,7 +23,7 @@ from typing import Any, TextIO
 import redis
 
 from fliplet_workers.cron import next_run, schedule_timezone
-from fliplet_workers.fleet import history, keys
+from fliplet_workers.fleet import history, keys, watermarks
 from fliplet_workers.fleet.locks import Lock
 from fliplet_workers.fleet.registry import ConfigFile, Registry, Scan
 from fliplet_workers.fleet.settings import FleetSettings, SettingsError, connect, describe_url
@@ -97,6 +97,8 @@ def _config(found: ConfigFile, settings: FleetSettings, moment: datetime, client
         if client is not None:
             item["running"] = Lock(client, keys.lock(found.name, index), 0).holder()
             item["last_runs"] = history.last(client, found.name, index, 3)
+            if op.incremental:
+                item["watermark"] = watermarks.status(client, found.name, index)
         entry["operations"].append(item)
     return entry
 
@@ -209,12 +211,23 @@ def _runtime_lines(op: dict[str, Any]) -> list[str]:
     lines = []
     if op.get("running"):
         lines.append(f"running now: run {op['running']}")
+    if "watermark" in op:
+        lines.append(_watermark_line(op["watermark"]))
     last = op.get("last_runs") or []
     if not last:
         lines.append("no run recorded yet")
     for summary in last:
         lines.append(describe(summary))
     return lines
+
+
+def _watermark_line(mark: dict[str, Any] | None) -> str:
+    """An incremental operation's watermark: the next run reads the rows newer than it."""
+    if not mark or not mark.get("watermark"):
+        return "incremental: no watermark yet (the next run compares every row)"
+    typed = mark["watermark"]
+    full = f", last full comparison {mark['fullAt']}" if mark.get("fullAt") else ""
+    return f"incremental: watermark {typed.get('value')} ({typed.get('type')}){full}"
 
 
 def describe(summary: dict[str, Any]) -> str:

@@ -59,6 +59,11 @@ class FlipletApi(Protocol):
         """The entries matching ``body`` (``where``, ``attributes``, ``offset``, ``limit``)."""
         ...
 
+    def find_entries(self, datasource_id: int, column: str, keys: list[Any]) -> Iterator[dict[str, Any]]:
+        """The entries whose ``column`` value is one of ``keys``, whole (``data/query`` with ``$in``,
+        in chunks): an incremental run's remote side."""
+        ...
+
     def find_keys(self, datasource_id: int, column: str, keys: list[Any]) -> list[Any]:
         """Which of ``keys`` exist as ``column`` values remotely (once per matching entry)."""
         ...

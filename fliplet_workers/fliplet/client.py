@@ -178,6 +178,10 @@ class FlipletClient(FlipletApi):
                            datasource_id=datasource_id)
         return list(answer.get("entries") or []) if isinstance(answer, dict) else list(answer)
 
+    def find_entries(self, datasource_id: int, column: str, keys: list[Any]) -> Iterator[dict[str, Any]]:
+        """The entries of ``keys`` (``data/query`` with ``$in``, in chunks; see :mod:`.lookups`)."""
+        return lookups.find_entries(self, datasource_id, column, keys)
+
     def find_keys(self, datasource_id: int, column: str, keys: list[Any]) -> list[Any]:
         """Which of ``keys`` exist as ``column`` values remotely (to re-plan an unknown outcome)."""
         return lookups.find_keys(self, datasource_id, column, keys)

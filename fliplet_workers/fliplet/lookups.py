@@ -1,5 +1,6 @@
-"""What an unanswered commit did, asked through ``FlipletApi.query``: which insert keys exist, which
-updates the remote already holds.
+"""Keyed lookups through ``FlipletApi.query`` (``where: {<column>: {$in: [...]}}``, in chunks): the
+entries of given keys (an incremental run's remote side), and what an unanswered commit did (which
+insert keys exist, which updates the remote already holds).
 
 Why shared: the HTTP client and the in-memory API must answer these two questions identically (the
 retry rules in ``core/retry.py`` rest on them), so both call these functions over their own ``query``.
@@ -7,15 +8,22 @@ retry rules in ``core/retry.py`` rest on them), so both call these functions ove
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from fliplet_workers.fliplet.api import FlipletApi
 
-__all__ = ["LOOKUP_CHUNK", "find_applied_updates", "find_keys"]
+__all__ = ["LOOKUP_CHUNK", "find_applied_updates", "find_entries", "find_keys"]
 
 #: Lookups ask for at most this many keys at a time (``$in`` lists stay a sane size).
 LOOKUP_CHUNK = 1000
 
+
+def find_entries(api: FlipletApi, datasource_id: int, column: str, keys: list[Any]) -> Iterator[dict[str, Any]]:
+    """Every entry whose ``column`` value is one of ``keys`` (exactly: ``"5"`` is not ``5``), whole,
+    asked ``LOOKUP_CHUNK`` keys at a time; no request for no keys."""
+    for start in range(0, len(keys), LOOKUP_CHUNK):
+        yield from api.query(datasource_id, {"where": {column: {"$in": keys[start:start + LOOKUP_CHUNK]}}})
 
 
 def find_keys(api: FlipletApi, datasource_id: int, column: str, keys: list[Any]) -> list[Any]:

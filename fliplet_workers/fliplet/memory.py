@@ -165,6 +165,10 @@ class MemoryApi(FlipletApi):
         sent = _wire(body)
         return list(self._call("query", datasource_id, lambda: self.store.query(self.token, datasource_id, sent)))
 
+    def find_entries(self, datasource_id: int, column: str, keys: list[Any]) -> Iterator[dict[str, Any]]:
+        """The entries of ``keys`` (``data/query`` with ``$in``, in chunks; see :mod:`.lookups`)."""
+        return lookups.find_entries(self, datasource_id, column, keys)
+
     def find_keys(self, datasource_id: int, column: str, keys: list[Any]) -> list[Any]:
         return lookups.find_keys(self, datasource_id, column, keys)
 

@@ -19,10 +19,11 @@ from typing import Any, Protocol
 
 from fliplet_workers.core import guard
 from fliplet_workers.core.batches import Batch, BatchCutter
-from fliplet_workers.core.diff import Change, Planner, Tally, check_columns, index_remote
+from fliplet_workers.core.diff import Change, Planner, RemoteIndex, Tally, check_columns, index_remote
 from fliplet_workers.core.rows import gc_paused
 from fliplet_workers.errors import ColumnError, DeleteLimitError
 from fliplet_workers.fliplet.sessions import new_session
+from fliplet_workers.pipeline.incremental import Increment, read_and_look_up
 from fliplet_workers.pipeline.spec import DecodeRemote, Resources, RunSpec
 from fliplet_workers.sources.reader import SourceContext, iter_source_rows
 
@@ -55,21 +56,37 @@ ProgressFactory = Callable[[], Progress]
 
 def plan_batches(spec: RunSpec, res: Resources, on_batch: Callable[[Batch], None], *,
                  decode_remote: DecodeRemote | None = None, first_batch: int = 1,
-                 progress: Progress | None = None) -> Tally:
+                 progress: Progress | None = None, increment: Increment | None = None) -> Tally:
     """Remote entries → index; source rows → changes → batches, each handed to ``on_batch`` as soon
     as it is full. Returns what the plan amounted to. Batches are numbered from ``first_batch`` (the
-    fleet continues an interrupted run that way)."""
-    planner = _planner(spec, res, decode_remote)
-    if progress is not None:
-        progress.expect(planner.remote.count)
-    cutter = BatchCutter(spec.op.batch_size, spec.op.primary_column, first_number=first_batch)
-    ctx = SourceContext(db=res.db, http=new_session(ca_bundle=spec.config.ca_bundle), config=spec.config)
+    fleet continues an interrupted run that way). With an ``increment`` that is not full, the newer
+    rows are read first and only their keys are looked up (:mod:`.incremental`)."""
+    looked_up = increment is not None and not increment.full
+    ctx = SourceContext(db=res.db, http=new_session(ca_bundle=spec.config.ca_bundle), config=spec.config,
+                        incremental=increment is not None, watermark=increment.since if increment else None)
     try:
         with gc_paused():
-            held = _cut_rows(spec, res, planner, cutter, iter_source_rows(spec.op, ctx), on_batch, progress)
-            res.log.debug("Successfully fetched data from the source.")
+            rows: Iterable[Mapping[str, Any]] = iter_source_rows(spec.op, ctx)
+            if looked_up:
+                assert increment is not None
+                rows, remote = read_and_look_up(spec, res, increment, rows, spec.diff_options(decode_remote))
+                planner = _planner(spec, res, decode_remote, remote)
+            else:
+                planner = _planner(spec, res, decode_remote)
+                if increment is not None:
+                    increment.remote = planner.remote.count
+                    rows = increment.watch(rows)
+            if progress is not None:
+                progress.expect(planner.remote.count)
+            cutter = BatchCutter(spec.op.batch_size, spec.op.primary_column, first_number=first_batch)
+            held = _cut_rows(spec, res, planner, cutter, rows, on_batch, progress)
+            if not looked_up:
+                res.log.debug("Successfully fetched data from the source.")
+            if increment is not None:
+                increment.read_to_end()
             held.extend(planner.finish())
-            for entry_id in _judged_deletes(spec, planner.tally, held):
+            size = increment.entries if increment is not None else None
+            for entry_id in _judged_deletes(spec, planner.tally, held, size):
                 _hand(cutter.add(Change("delete", entry_id=entry_id)), on_batch)
             _hand(cutter.flush(), on_batch)
     finally:
@@ -114,10 +131,16 @@ def _log_plan(res: Resources, tally: Tally) -> None:
                  f"delete{withheld}, {counts['unchanged']} unchanged, {counts['skipped']} skipped.")
 
 
-def _planner(spec: RunSpec, res: Resources, decode_remote: DecodeRemote | None) -> Planner:
-    """Index the remote entries (the source rows are then judged one by one as they stream in)."""
+def _planner(spec: RunSpec, res: Resources, decode_remote: DecodeRemote | None,
+             looked_up: RemoteIndex | None = None) -> Planner:
+    """Index the remote entries, or take those an incremental run ``looked_up`` (the source rows are
+    then judged one by one as they stream in)."""
     op, log = spec.op, res.log
     options = spec.diff_options(decode_remote)
+    if looked_up is not None:
+        assert op.primary_column is not None
+        _warn_duplicates(res, op.primary_column, looked_up.duplicates(op.primary_column))
+        return Planner(looked_up, options, log.debug if log.isEnabledFor(logging.DEBUG) else None)
     if op.primary_column is None:
         log.warning(
             "A primary key has not been set, which means rows will always be appended to the data source "
@@ -159,12 +182,16 @@ def _check_columns(spec: RunSpec, res: Resources, planner: Planner, row: Mapping
         raise ColumnError(check.error)
 
 
-def _judged_deletes(spec: RunSpec, tally: Tally, deletes: list[int]) -> list[int]:
+def _judged_deletes(spec: RunSpec, tally: Tally, deletes: list[int], size: int | None = None) -> list[int]:
     """The deletions that may be sent: all of them, or none when the delete guard refuses them or
-    every source row was skipped (the run then fails; see ``RunSummary.add_plan``)."""
+    every source row was skipped (the run then fails; see ``RunSummary.add_plan``). ``size``: the
+    data source's entries when only some were looked up (an incremental run), else those indexed."""
     if not deletes:
         return deletes
-    verdict = guard.judge_deletes(len(deletes), tally.remote, spec.op.delete_limit)
+    base = max(size, tally.remote) if size is not None else tally.remote
+    verdict = guard.judge_deletes(len(deletes), base, spec.op.delete_limit)
+    if not verdict.ok:
+        tally.remote = base  # the refusal names the data source's size, not only the entries looked up
     skipped_all = tally.rows > 0 and len(tally.skips) >= tally.rows
     if verdict.ok and not skipped_all:
         return deletes

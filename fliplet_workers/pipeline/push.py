@@ -21,6 +21,7 @@ from fliplet_workers.core.diff import Tally
 from fliplet_workers.core.summary import RunSummary
 from fliplet_workers.logs import OperationLog
 from fliplet_workers.pipeline.commit import SyncRecord
+from fliplet_workers.pipeline.incremental import Candidate, begin, finish
 from fliplet_workers.pipeline.plan import Progress, ProgressFactory, plan_batches
 from fliplet_workers.pipeline.sinks import LocalSink, Sink
 from fliplet_workers.pipeline.spec import Resources, RunSpec
@@ -40,12 +41,18 @@ class Pushed:
 
 
 def push(spec: RunSpec, res: Resources, steps: Steps, sink: Sink, *, record: SyncRecord | None = None,
-         first_batch: int = 1, progress: Progress | None = None) -> Pushed:
-    """Plan the operation into ``sink``; end the run here when nothing was cut or the sink settled it."""
+         first_batch: int = 1, progress: Progress | None = None,
+         on_read: Callable[[Candidate], None] | None = None) -> Pushed:
+    """Plan the operation into ``sink``; end the run here when nothing was cut or the sink settled it.
+    An incremental operation's watermark advances here when the run ends here ok; ``on_read`` gets
+    what it would become once the source is read (the fleet keeps it for its finalize step)."""
     started = time.monotonic()
     summary = RunSummary(config=spec.config.name, operation=spec.index, dry_run=spec.dry_run)
+    increment = begin(spec, res)
+    if increment is not None:
+        increment.on_read = on_read
     tally = plan_batches(spec, res, sink.put, decode_remote=steps.decode_remote(), first_batch=first_batch,
-                         progress=progress)
+                         progress=progress, increment=increment)
     if sink.handed == 0 and first_batch == 1:
         res.log.info("Nothing to commit.")
         ended = True
@@ -56,6 +63,7 @@ def push(spec: RunSpec, res: Resources, steps: Steps, sink: Sink, *, record: Syn
         summary.file_errors += len(steps.file_errors)
         summary.seconds = round(time.monotonic() - started, 3)
         close_push(res.log, summary, spec.op.on_sync, record)
+        finish(spec, res, increment, summary)
     return Pushed(summary, tally, sink.handed, ended)
 
 
@@ -98,7 +106,8 @@ def dry_run(spec: RunSpec, res: Resources, steps: Steps) -> RunSummary:
     """Plan every batch, keep them in memory and log them as they would be sent. Sends nothing."""
     started = time.monotonic()
     batches: list[Batch] = []
-    tally = plan_batches(spec, res, batches.append, decode_remote=steps.decode_remote())
+    tally = plan_batches(spec, res, batches.append, decode_remote=steps.decode_remote(),
+                         increment=begin(spec, res))
     summary = RunSummary(config=spec.config.name, operation=spec.index, dry_run=True)
     summary.add_plan(tally, len(batches))
     _dump(spec, res, steps, batches)

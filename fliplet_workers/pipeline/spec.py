@@ -17,6 +17,7 @@ from fliplet_workers.core.diff import DiffOptions
 from fliplet_workers.core.retry import RetryPolicy, settle_time
 from fliplet_workers.fliplet.api import FlipletApi
 from fliplet_workers.logs import OperationLog
+from fliplet_workers.pipeline.marks import MarkStore
 
 DecodeRemote = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -28,6 +29,8 @@ class RunSpec:
     config: Config
     index: int
     dry_run: bool = False
+    #: An incremental operation compares every row this time (``start --full``).
+    full: bool = False
 
     @property
     def op(self) -> Operation:
@@ -55,3 +58,5 @@ class Resources:
     api: FlipletApi
     log: OperationLog
     db: Any = None  # fliplet_workers.sources.sql.SqlSource | None
+    #: Where incremental operations keep their watermarks (None: nowhere, every run compares everything).
+    marks: MarkStore | None = None

@@ -34,7 +34,7 @@ from fliplet_workers.sandbox.basics import SandboxError, as_id, bad_request, non
 from fliplet_workers.sandbox.commit_log import LOG_SIZE, UNREDUCED, ChangeSet, CommitLog, CommitRecord
 from fliplet_workers.sandbox.media_library import StoreMedia
 from fliplet_workers.sandbox.persist import FILE_VERSION, StorePersistence
-from fliplet_workers.sandbox.query import Predicate, compile_where
+from fliplet_workers.sandbox.query import Predicate, compile_where, select
 from fliplet_workers.sandbox.views import StoreViews
 
 log = logging.getLogger("fliplet_workers.sandbox")
@@ -371,7 +371,7 @@ class Store(StoreAccounts, StoreMedia, StorePersistence, StoreViews):
         offset = non_negative(body.get("offset"), "offset") or 0
         limit = non_negative(body.get("limit"), "limit")
         rows = self.snapshot(token, ds_id)
-        hits = [e for e in rows if match(e["data"])]
+        hits = select(rows, body.get("where"), match)
         hits = hits[offset:] if limit is None else hits[offset:offset + limit]
         if attributes is not None:
             hits = [{**e, "data": {a: e["data"][a] for a in attributes if a in e["data"]}} for e in hits]

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import requests
 
 from fliplet_workers.fliplet.sessions import new_session
-from fliplet_workers.secrets import redact
+from fliplet_workers.redaction import redact
 
 if TYPE_CHECKING:
     from fliplet_workers.config import Config

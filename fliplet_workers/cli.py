@@ -16,7 +16,7 @@ from fliplet_workers import __version__, logs
 from fliplet_workers.config import Config, load_config
 from fliplet_workers.core.summary import RunSummary
 from fliplet_workers.errors import AgentError, ConfigError
-from fliplet_workers.secrets import redact
+from fliplet_workers.redaction import redact
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,7 +3,7 @@
 Each failure a user can meet has its own type and a message written for that user. They are raised
 deep in the code and caught once, at the edge (CLI or Celery task), which logs them with the
 original agent's wording and picks the exit code. No message ever contains a secret: callers pass
-already-redacted text (see ``fliplet_workers.secrets``).
+already-redacted text (see ``fliplet_workers.redaction``).
 """
 
 from __future__ import annotations

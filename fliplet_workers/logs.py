@@ -15,7 +15,7 @@ can go, and queue the very line the formatter would have written, its head (time
 once per millisecond; the diff's two lines about a row go in one call (``lines``).
 
 Redaction happens once per flush, on the joined text that both streams then receive: a secret or a
-URL password never spans a line break (see :func:`fliplet_workers.secrets.redact`), so that is the
+URL password never spans a line break (see :func:`fliplet_workers.redaction.redact`), so that is the
 same as redacting each line, at a fraction of the cost (a substring test per secret per 64 KiB).
 """
 
@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import IO, Any
 
-from fliplet_workers.secrets import redact
+from fliplet_workers.redaction import redact
 
 ROOT = "fliplet_workers"
 #: ``log_verbosity`` → the lowest level shown. As in the original, ``critical`` filters out only info
@@ -311,7 +311,9 @@ def setup(verbosity: str = "debug", *, to_terminal: bool = True) -> None:
         logger.removeHandler(old)
         old.close()
     path = log_file_path()
-    files: list[IO[str]] = [open(path, "a", encoding="utf-8")] if path else []  # noqa: SIM115 - the handler owns it
+    # backslashreplace, as the terminal does: text that cannot be encoded (a lone surrogate in a
+    # key) must not cost the file the whole buffer it is in
+    files: list[IO[str]] = [open(path, "a", encoding="utf-8", errors="backslashreplace")] if path else []  # noqa: SIM115 - the handler owns it
     handler = AgentHandler(logger, sys.stderr if to_terminal else None, files)
     handler.setFormatter(logging.Formatter(_FORMAT))
     logger.addHandler(handler)

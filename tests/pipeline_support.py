@@ -13,8 +13,8 @@ from fliplet_workers.config.model import Config, Operation
 from fliplet_workers.fliplet.memory import MemoryApi
 from fliplet_workers.logs import OperationLog
 from fliplet_workers.pipeline.spec import Resources, RunSpec
+from fliplet_workers.redaction import Secret
 from fliplet_workers.sandbox import DEMO_TOKEN, Store
-from fliplet_workers.secrets import Secret
 
 
 class Lines(logging.Handler):

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 import fliplet_workers.config
-from fliplet_workers import secrets
+from fliplet_workers import redaction
 from fliplet_workers.config import Config, Database, Encryption, FileColumn
 from fliplet_workers.config.code_config import FunctionSource, PullAction, QuerySource, SyncCallback
 from fliplet_workers.config.loader import load_config
 from fliplet_workers.errors import ConfigError, SourceError
-from fliplet_workers.secrets import Secret
+from fliplet_workers.redaction import Secret
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "configs" / "examples"
 
@@ -193,7 +193,7 @@ def test_every_yaml_option_reaches_its_field(tmp_path: Path) -> None:
         op.encrypt.key,
     ):
         assert isinstance(secret, Secret)
-        assert secrets.redact(f"value={secret.reveal()}") == "value=***"
+        assert redaction.redact(f"value={secret.reveal()}") == "value=***"
 
 
 def test_defaults_of_a_minimal_push(tmp_path: Path) -> None:
@@ -304,7 +304,7 @@ def test_database_url_is_a_secret_and_names_the_driver(tmp_path: Path) -> None:
     assert isinstance(config.database.url, Secret)
     assert config.database.url.reveal() == "postgresql+psycopg2://bob:url-pass-31@db:5432/app"
     assert "url-pass-31" not in repr(config)
-    assert secrets.redact("url-pass-31") == "***"
+    assert redaction.redact("url-pass-31") == "***"
 
 
 def test_sqlite_url_path_is_relative_to_the_config_file(tmp_path: Path) -> None:
@@ -732,7 +732,7 @@ def test_secrets_never_appear_in_repr_of_config(tmp_path: Path) -> None:
     text = repr(config) + str(config)
     for value in SECRET_VALUES:
         assert value not in text
-        assert secrets.redact(f"<{value}>") == "<***>"
+        assert redaction.redact(f"<{value}>") == "<***>"
     assert "Secret('***')" in text
 
 

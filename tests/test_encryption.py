@@ -26,8 +26,8 @@ from fliplet_workers.pipeline.steps.encryption import (
     encrypt_batch,
     placeholder_batch,
 )
+from fliplet_workers.redaction import Secret
 from fliplet_workers.sandbox import DEMO_TOKEN, SandboxServer
-from fliplet_workers.secrets import Secret
 
 KEY = "MySuperSecretEncryptionKey"
 

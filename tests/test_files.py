@@ -32,9 +32,9 @@ from fliplet_workers.pipeline.steps.files import (
     shown_location,
     upload_name,
 )
+from fliplet_workers.redaction import Secret
 from fliplet_workers.sandbox import DEMO_TOKEN, SandboxServer
 from fliplet_workers.sandbox.server import parse_multipart
-from fliplet_workers.secrets import Secret
 
 # ---------------------------------------------------------------------------------------------
 # Fixtures

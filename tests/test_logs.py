@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fliplet_workers import logs, secrets
+from fliplet_workers import logs, redaction
 from fliplet_workers.sandbox import DEMO_TOKEN, SandboxServer
 
 SECRET = "s3cr3t-Value-for-logs"
@@ -39,12 +39,12 @@ def _wait_for(predicate: object, seconds: float = 5.0) -> bool:
 
 def test_each_line_is_redacted_in_both_outputs_by_one_redaction_per_flush(
         capsys: pytest.CaptureFixture[str], _agent_log_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    secrets.register(SECRET)
+    redaction.register(SECRET)
     calls: list[str] = []
 
     def counting(text: str) -> str:
         calls.append(text)
-        return secrets.redact(text)
+        return redaction.redact(text)
 
     monkeypatch.setattr(logs, "redact", counting)
     logs.setup("debug")
@@ -156,6 +156,17 @@ def test_several_lines_in_one_call_are_the_lines_one_by_one(_agent_log_file: Pat
         "[cfg] Row 1 already exists", "[cfg] Row 1 already exists and does not require updating.",
         "[cfg] Row 2 has been marked for inserting.", "[cfg] first", "[cfg] second"]
     assert seen == ["[cfg] first", "[cfg] second"]
+
+
+def test_a_line_that_cannot_be_encoded_costs_the_file_nothing_else(_agent_log_file: Path) -> None:
+    logs.setup("debug", to_terminal=False)
+    log = logs.for_config("cfg")
+    log.debug("Row before has been marked for inserting.")
+    log.debug("Row \ud800 has been marked for inserting.")  # a lone surrogate (JSON "\\ud800" in a key)
+    log.debug("Row after has been marked for inserting.")
+    logs.flush()
+    text = _agent_log_file.read_text()
+    assert "Row before" in text and "Row \\ud800 has been" in text and "Row after" in text
 
 
 def test_buffered_lines_reach_the_file_when_the_process_dies_of_an_exception(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fliplet_workers import secrets
+from fliplet_workers import redaction
 from fliplet_workers.config import Config, Database, Encryption, FileColumn, Operation, load_config, reference
 from fliplet_workers.config import options as table
 from fliplet_workers.config.options import Format, Where
@@ -195,9 +195,9 @@ def test_every_secret_option_is_registered_for_redaction(tmp_path: Path) -> None
     for index, (text, values) in enumerate(SECRET_YAML):
         load_config(write(tmp_path, text, name=f"secret{index}.yml"))
         for option, value in values.items():
-            assert value not in secrets.redact(f"<{value}>"), option
+            assert value not in redaction.redact(f"<{value}>"), option
             tested.add(option)
-    assert secrets.redact("x plain-user-5b2d x") == "x plain-user-5b2d x"  # not a secret option
+    assert redaction.redact("x plain-user-5b2d x") == "x plain-user-5b2d x"  # not a secret option
     expected = {o.yaml_key if "database" in o.where else o.name for o in table.OPTIONS if o.secret and o.yaml}
     assert tested == expected  # a new secret option needs a value above
 

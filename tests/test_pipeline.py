@@ -15,7 +15,7 @@ from fliplet_workers.core import crypto
 from fliplet_workers.errors import EncryptionError
 from fliplet_workers.pipeline.push import run_push
 from fliplet_workers.pipeline.steps.encryption import KeyCache
-from fliplet_workers.secrets import Secret
+from fliplet_workers.redaction import Secret
 
 KEY = "PipelineTestKey"
 

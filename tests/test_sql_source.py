@@ -29,7 +29,7 @@ from sqlalchemy.exc import OperationalError
 
 from fliplet_workers.config.model import Database
 from fliplet_workers.errors import SourceConnectError, SourceQueryError
-from fliplet_workers.secrets import Secret
+from fliplet_workers.redaction import Secret
 from fliplet_workers.sources import sql as sql_module
 from fliplet_workers.sources.sql import ODBC_DRIVER, SqlSource, connect_args, engine_url
 

@@ -26,7 +26,7 @@ from typing import Any
 from fliplet_workers.config.code_functions import settle
 from fliplet_workers.config.model import Config
 from fliplet_workers.config.problems import Key, Report
-from fliplet_workers.secrets import redact
+from fliplet_workers.redaction import redact
 
 __all__ = ["AgentApi", "Call", "RecordingAgent", "execute", "record_lines", "run_setup"]
 

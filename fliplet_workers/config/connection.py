@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fliplet_workers import secrets
+from fliplet_workers import redaction
 from fliplet_workers.config.model import Database
 from fliplet_workers.config.options import DATABASE_PARTS, DRIVER_ALIASES, DRIVERS
 from fliplet_workers.config.section import Section
-from fliplet_workers.secrets import Secret
+from fliplet_workers.redaction import Secret
 
 __all__ = ["read_database"]
 
@@ -104,9 +104,9 @@ def _read_url(db: _Prefixed, driver: str | None, text: str) -> tuple[str | None,
         if sec.has(db.opt(part)):
             sec.problem(db.opt(part), f"cannot be used together with '{sec.name(name)}'")
     value = Secret(url.render_as_string(hide_password=False))
-    secrets.register(value)
+    redaction.register(value)
     if url.password:
-        secrets.register(str(url.password))
+        redaction.register(str(url.password))
     return url_driver, value
 
 

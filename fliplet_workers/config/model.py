@@ -2,7 +2,7 @@
 
 Names follow the original agent's YAML options (``primary_column``, ``batch_size``…); the YAML loader
 maps one to one, the Python code-config loader maps the original's JS camelCase names too.
-Secrets are :class:`~fliplet_workers.secrets.Secret` so they never print.
+Secrets are :class:`~fliplet_workers.redaction.Secret` so they never print.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from fliplet_workers.secrets import Secret
+from fliplet_workers.redaction import Secret
 
 Driver = Literal["sqlite", "postgres", "mysql", "mssql"]
 Mode = Literal["update", "replace"]

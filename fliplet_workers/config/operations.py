@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from fliplet_workers import secrets
+from fliplet_workers import redaction
 from fliplet_workers.config.model import DEFAULT_BATCH_SIZE, Encryption, FileColumn, Operation
 from fliplet_workers.config.options import (
     ENCRYPT,
@@ -25,7 +25,7 @@ from fliplet_workers.config.options import (
 )
 from fliplet_workers.config.problems import BROKEN, shown
 from fliplet_workers.config.section import Section
-from fliplet_workers.secrets import Secret
+from fliplet_workers.redaction import Secret
 
 __all__ = ["OperationHook", "read_encrypt", "read_files", "read_operation", "read_settings"]
 
@@ -182,7 +182,7 @@ def _read_headers(entry: Section) -> dict[str, Secret]:
             )
             continue
         if "headers" in entry.secret:
-            secrets.register(text)
+            redaction.register(text)
         headers[str(header)] = Secret(text)
     return headers
 

@@ -5,7 +5,7 @@ option table in :mod:`.options`, never listed here). Building it reports unknown
 did-you-mean and the same option given under two spellings; each getter then returns a typed value,
 or ``None`` after recording why the value is wrong, so that one pass finds every problem.
 
-Values of secret options are wrapped in :class:`~fliplet_workers.secrets.Secret`, registered for
+Values of secret options are wrapped in :class:`~fliplet_workers.redaction.Secret`, registered for
 redaction, and never quoted in a problem: which options are secret comes from :class:`Names` too.
 """
 
@@ -17,10 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fliplet_workers import secrets
+from fliplet_workers import redaction
 from fliplet_workers.config.problems import BROKEN, Key, Report, shown, suggest
 from fliplet_workers.cron import validate_cron
-from fliplet_workers.secrets import Secret
+from fliplet_workers.redaction import Secret
 
 __all__ = ["ABSENT", "Names", "Section"]
 
@@ -148,7 +148,7 @@ class Section:
                 self.problem(canonical, "must not be empty")
             return None
         if secret:
-            secrets.register(result)
+            redaction.register(result)
             return Secret(result)
         return result
 

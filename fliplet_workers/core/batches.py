@@ -185,9 +185,10 @@ class BatchCutter:
         return done
 
 
-def cut(changes: Iterable[Change], size: int, primary_column: str | None) -> Iterator[Batch]:
-    """Every batch of ``changes``, in order."""
-    cutter = BatchCutter(size, primary_column)
+def cut(changes: Iterable[Change], size: int, primary_column: str | None, first_number: int = 1) -> Iterator[Batch]:
+    """Every batch of ``changes``, in order, each as soon as it is full (numbered from ``first_number``;
+    the fleet continues an interrupted run that way)."""
+    cutter = BatchCutter(size, primary_column, first_number)
     for change in changes:
         batch = cutter.add(change)
         if batch is not None:

@@ -29,7 +29,7 @@ from fliplet_workers.logs import OperationLog, for_config
 from fliplet_workers.pipeline.commit import SyncRecord, commit_batch
 from fliplet_workers.pipeline.spec import Resources, RunSpec
 from fliplet_workers.pipeline.steps.encryption import EncryptStep
-from fliplet_workers.secrets import redact
+from fliplet_workers.redaction import redact
 
 
 @dataclass

@@ -45,7 +45,7 @@ from fliplet_workers.pipeline.connect import authenticate, connect_client, conne
 from fliplet_workers.pipeline.push import push
 from fliplet_workers.pipeline.spec import Resources, RunSpec
 from fliplet_workers.pipeline.steps.chain import open_steps
-from fliplet_workers.secrets import redact
+from fliplet_workers.redaction import redact
 
 
 @dataclass

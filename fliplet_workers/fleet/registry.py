@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from fliplet_workers.config import Config, load_config
 from fliplet_workers.config.loader import NeedsEnvironment
 from fliplet_workers.errors import ConfigError
-from fliplet_workers.secrets import redact
+from fliplet_workers.redaction import redact
 
 SUFFIXES = (".yml", ".yaml", ".py")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")

@@ -161,7 +161,7 @@ def connect(url: str) -> redis.Redis:
 
 def describe_url(url: str) -> str:
     """The URL without its password, for messages."""
-    from fliplet_workers.secrets import redact
+    from fliplet_workers.redaction import redact
 
     return redact(url)
 

@@ -21,7 +21,7 @@ from fliplet_workers.logs import for_config
 from fliplet_workers.pipeline.spec import Resources, RunSpec
 from fliplet_workers.pipeline.steps.chain import file_step
 from fliplet_workers.pipeline.steps.files import FileJob, FileResult, apply_file_results
-from fliplet_workers.secrets import redact
+from fliplet_workers.redaction import redact
 
 
 def upload(fleet: Fleet, run_id: str, number: int, job: int, config_name: str, operation: int) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from fliplet_workers.fliplet.api import FlipletApi, MediaUpload
 from fliplet_workers.fliplet.failures import kind_of
 from fliplet_workers.fliplet.multipart import MultipartBody
 from fliplet_workers.fliplet.sessions import USER_AGENT, new_session
-from fliplet_workers.secrets import redact, register
+from fliplet_workers.redaction import redact, register
 
 __all__ = ["REGIONS", "USER_AGENT", "FlipletClient", "base_url_for", "error_for"]
 

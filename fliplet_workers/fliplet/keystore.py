@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fliplet_workers import secrets
+from fliplet_workers import redaction
 from fliplet_workers.core import crypto
 from fliplet_workers.errors import ApiError, EncryptionError
 from fliplet_workers.fliplet.api import FlipletApi
@@ -87,18 +87,18 @@ def resolve_key(api: FlipletApi, salt: str | None, *, create: bool, note: Note |
     if keystore is None:
         return None
     passphrase = salt or keystore.default_salt()
-    secrets.register(passphrase)
+    redaction.register(passphrase)
     content = _stored_content(api, keystore.id)
     if content is not None:
         say("[ENCRYPTION] Key found. Decrypting key...")
         key = _decrypt_key(content, passphrase)
-        secrets.register(key)
+        redaction.register(key)
         return key
     if not create:
         return None
     say("[ENCRYPTION] Generating new key...")
     key = crypto.generate_key()
-    secrets.register(key)
+    redaction.register(key)
     say("[ENCRYPTION] Uploading key to Fliplet APIs...")
     api.add_entry(keystore.id, {"createdAt": int(time.time()), "source": "Fliplet Agent",
                                    "content": crypto.encrypt(key, passphrase)})

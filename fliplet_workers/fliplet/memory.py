@@ -37,8 +37,8 @@ from fliplet_workers.fliplet import lookups
 from fliplet_workers.fliplet.api import FlipletApi, MediaUpload
 from fliplet_workers.fliplet.client import error_for
 from fliplet_workers.fliplet.failures import KINDS, Kind
+from fliplet_workers.redaction import register
 from fliplet_workers.sandbox import DEMO_TOKEN, SandboxError, Store
-from fliplet_workers.secrets import register
 
 __all__ = ["METHODS", "MemoryApi"]
 

@@ -18,17 +18,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from fliplet_workers.core import guard
-from fliplet_workers.core.batches import Batch, BatchCutter
-from fliplet_workers.core.diff import Change, Planner, RemoteIndex, Tally, check_columns, index_remote
+from fliplet_workers.core.batches import Batch, cut
+from fliplet_workers.core.diff import Planner, RemoteIndex, Tally, check_columns, index_remote
 from fliplet_workers.core.rows import gc_paused
+from fliplet_workers.core.stream import plan_changes
 from fliplet_workers.errors import ColumnError, DeleteLimitError
 from fliplet_workers.fliplet.sessions import new_session
 from fliplet_workers.pipeline.incremental import Increment, read_and_look_up
 from fliplet_workers.pipeline.spec import DecodeRemote, Resources, RunSpec
 from fliplet_workers.sources.reader import SourceContext, iter_source_rows
-
-#: Rows are reported to a :class:`Progress` every this many (and once at the end of the source).
-PROGRESS_ROWS = 1000
 
 
 class Progress(Protocol):
@@ -78,48 +76,25 @@ def plan_batches(spec: RunSpec, res: Resources, on_batch: Callable[[Batch], None
                     rows = increment.watch(rows)
             if progress is not None:
                 progress.expect(planner.remote.count)
-            cutter = BatchCutter(spec.op.batch_size, spec.op.primary_column, first_number=first_batch)
-            held = _cut_rows(spec, res, planner, cutter, rows, on_batch, progress)
-            if not looked_up:
-                res.log.debug("Successfully fetched data from the source.")
-            if increment is not None:
-                increment.read_to_end()
-            held.extend(planner.finish())
-            size = increment.entries if increment is not None else None
-            for entry_id in _judged_deletes(spec, planner.tally, held, size):
-                _hand(cutter.add(Change("delete", entry_id=entry_id)), on_batch)
-            _hand(cutter.flush(), on_batch)
+            changes = plan_changes(
+                planner, rows, delete_limit=spec.op.delete_limit,
+                size=increment.entries if increment is not None else None,
+                first_row=lambda row: _check_columns(spec, res, planner, row),
+                judged=progress.rows if progress is not None else None,
+                source_read=lambda: _source_read(res, increment))
+            for batch in cut(changes, spec.op.batch_size, spec.op.primary_column, first_number=first_batch):
+                on_batch(batch)
     finally:
         ctx.http.close()
     _log_plan(res, planner.tally)
     return planner.tally
 
 
-def _cut_rows(spec: RunSpec, res: Resources, planner: Planner, cutter: BatchCutter,
-              rows: Iterable[Mapping[str, Any]], on_batch: Callable[[Batch], None],
-              progress: Progress | None) -> list[int]:
-    """Judge every source row and cut its change into batches; returns the deletions, held back."""
-    held: list[int] = []
-    for row in rows:
-        if planner.number == 0:
-            _check_columns(spec, res, planner, row)
-        change = planner.add(row)
-        if progress is not None and not planner.number % PROGRESS_ROWS:
-            progress.rows(planner.number)
-        if change is None:
-            continue
-        if change.kind == "delete" and change.entry_id is not None:
-            held.append(change.entry_id)
-            continue
-        _hand(cutter.add(change), on_batch)
-    if progress is not None:
-        progress.rows(planner.number)
-    return held
-
-
-def _hand(batch: Batch | None, on_batch: Callable[[Batch], None]) -> None:
-    if batch is not None:
-        on_batch(batch)
+def _source_read(res: Resources, increment: Increment | None) -> None:
+    if increment is None or increment.full:
+        res.log.debug("Successfully fetched data from the source.")
+    if increment is not None:
+        increment.read_to_end()
 
 
 def _log_plan(res: Resources, tally: Tally) -> None:
@@ -180,24 +155,3 @@ def _check_columns(spec: RunSpec, res: Resources, planner: Planner, row: Mapping
         res.log.warning(warning)
     if check.error is not None:
         raise ColumnError(check.error)
-
-
-def _judged_deletes(spec: RunSpec, tally: Tally, deletes: list[int], size: int | None = None) -> list[int]:
-    """The deletions that may be sent: all of them, or none when the delete guard refuses them or
-    every source row was skipped (the run then fails; see ``RunSummary.add_plan``). ``size``: the
-    data source's entries when only some were looked up (an incremental run), else those indexed."""
-    if not deletes:
-        return deletes
-    base = max(size, tally.remote) if size is not None else tally.remote
-    verdict = guard.judge_deletes(len(deletes), base, spec.op.delete_limit)
-    if not verdict.ok:
-        tally.remote = base  # the refusal names the data source's size, not only the entries looked up
-    skipped_all = tally.rows > 0 and len(tally.skips) >= tally.rows
-    if verdict.ok and not skipped_all:
-        return deletes
-    tally.withheld = len(deletes)
-    tally.delete -= len(deletes)
-    if not verdict.ok:
-        tally.delete_allowed = verdict.allowed if verdict.allowed is not None else -1
-        tally.delete_default = verdict.default
-    return []

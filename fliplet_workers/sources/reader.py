@@ -18,7 +18,7 @@ import requests
 from fliplet_workers.config.model import Config, Operation
 from fliplet_workers.errors import AgentError, SourceError
 from fliplet_workers.fliplet.sessions import new_session
-from fliplet_workers.secrets import redact
+from fliplet_workers.redaction import redact
 
 
 @dataclass

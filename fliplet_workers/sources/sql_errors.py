@@ -16,7 +16,7 @@ from sqlalchemy import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError, StatementError
 
 from fliplet_workers.config.model import Database
-from fliplet_workers.secrets import redact
+from fliplet_workers.redaction import redact
 from fliplet_workers.sources.sql_url import reveal
 
 __all__ = ["Redactor", "driver_reason"]
@@ -36,7 +36,7 @@ _KV_PASSWORD = re.compile(r"(?i)\b(password|passwd|pwd)(\s*=\s*)(\{[^}]*\}|'[^']
 
 
 class Redactor:
-    """``secrets.redact`` plus one database's own password(s), however short, and key=value pairs."""
+    """``redaction.redact`` plus one database's own password(s), however short, and key=value pairs."""
 
     def __init__(self, db: Database) -> None:
         self.values = _secret_values(db)

@@ -16,7 +16,7 @@ import os
 from sqlalchemy import URL, make_url
 
 from fliplet_workers.config.model import Database
-from fliplet_workers.secrets import Secret
+from fliplet_workers.redaction import Secret
 
 __all__ = ["ODBC_DRIVER", "SqliteFileMissing", "check_sqlite_file", "engine_url", "reveal", "with_shipped_driver"]
 

@@ -24,8 +24,8 @@ from fliplet_workers.config import load_config
 from fliplet_workers.fleet import history, status
 from fliplet_workers.fleet.runtime import Fleet
 from fliplet_workers.fleet.settings import FleetSettings
+from fliplet_workers.redaction import register
 from fliplet_workers.sandbox.server import SandboxServer
-from fliplet_workers.secrets import register
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from fliplet_workers.pipeline.commit import commit_batch
 from fliplet_workers.pipeline.push import push
 from fliplet_workers.pipeline.spec import RunSpec
 from fliplet_workers.pipeline.steps.chain import open_steps
-from fliplet_workers.secrets import Secret
+from fliplet_workers.redaction import Secret
 
 KEY = "StagingSinkTestKey"
 

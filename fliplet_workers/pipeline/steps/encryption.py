@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from fliplet_workers import secrets
+from fliplet_workers import redaction
 from fliplet_workers.config.model import Operation
 from fliplet_workers.core import crypto
 from fliplet_workers.core.batches import Batch
@@ -81,12 +81,12 @@ def resolve_key(op: Operation, api: FlipletApi, *, create: bool, debug: Note | N
     say = debug or (lambda message: None)
     if enc.key:
         key = enc.key.reveal()
-        secrets.register(key)
+        redaction.register(key)
         say("[ENCRYPTION] A key has been defined by the operation.")
         return key
     say("[ENCRYPTION] A key has not been defined. Fetching the key from Fliplet servers...")
     salt = enc.salt.reveal() if enc.salt else None
-    secrets.register(salt)
+    redaction.register(salt)
     return keystore.resolve_key(api, salt, create=create, note=note)
 
 

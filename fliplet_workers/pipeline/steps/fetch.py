@@ -33,7 +33,7 @@ from requests.auth import AuthBase, HTTPBasicAuth
 
 from fliplet_workers.config.model import FileColumn
 from fliplet_workers.errors import FileFetchError
-from fliplet_workers.secrets import redact
+from fliplet_workers.redaction import redact
 
 HttpNtlmAuth: Any
 try:  # optional: NTLM for SharePoint on premises

@@ -38,7 +38,7 @@ from fliplet_workers.fliplet.api import FlipletApi
 from fliplet_workers.fliplet.media import MediaFolder
 from fliplet_workers.fliplet.sessions import new_session
 from fliplet_workers.pipeline.steps.fetch import fetch, os_reason, safe_name
-from fliplet_workers.secrets import redact
+from fliplet_workers.redaction import redact
 
 __all__ = [
     "FileJob",

@@ -1,6 +1,6 @@
 """Secrets never show: reprs, redaction of registered values and URL passwords."""
 
-from fliplet_workers.secrets import Secret, redact, register
+from fliplet_workers.redaction import Secret, redact, register
 
 
 def test_secret_repr_hides_the_value() -> None:

@@ -18,7 +18,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
-__all__ = ["FlipletApi", "MediaUpload"]
+from fliplet_workers.fliplet import lookups
+
+__all__ = ["FlipletApi", "MediaUpload", "data_source_body"]
+
+
+def data_source_body(name: str, type: str | None, organization_id: int | None) -> dict[str, Any]:  # noqa: A002
+    """The body of ``POST v1/data-sources`` (Fliplet's names), as both implementations send it."""
+    body: dict[str, Any] = {"name": name}
+    if type is not None:
+        body["type"] = type
+    if organization_id is not None:
+        body["organizationId"] = organization_id
+    return body
 
 
 @dataclass(frozen=True)
@@ -59,18 +71,20 @@ class FlipletApi(Protocol):
         """The entries matching ``body`` (``where``, ``attributes``, ``offset``, ``limit``)."""
         ...
 
+    # The keyed lookups are written once, over ``query``, for every implementation (see :mod:`.lookups`).
+
     def find_entries(self, datasource_id: int, column: str, keys: list[Any]) -> Iterator[dict[str, Any]]:
         """The entries whose ``column`` value is one of ``keys``, whole (``data/query`` with ``$in``,
         in chunks): an incremental run's remote side."""
-        ...
+        return lookups.find_entries(self, datasource_id, column, keys)
 
     def find_keys(self, datasource_id: int, column: str, keys: list[Any]) -> list[Any]:
         """Which of ``keys`` exist as ``column`` values remotely (once per matching entry)."""
-        ...
+        return lookups.find_keys(self, datasource_id, column, keys)
 
     def find_applied_updates(self, datasource_id: int, column: str, updates: list[dict[str, Any]]) -> list[Any]:
         """The ids of ``updates`` (``{"id", "data"}``) whose entry already holds every value sent."""
-        ...
+        return lookups.find_applied_updates(self, datasource_id, column, updates)
 
     def data_sources(self, *, type: str | None = None) -> list[dict[str, Any]]:  # noqa: A002 - Fliplet's name
         """The data sources the token can use, optionally of one ``type`` (e.g. "keystore")."""

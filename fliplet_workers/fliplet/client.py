@@ -22,8 +22,7 @@ import orjson
 import requests
 
 from fliplet_workers.errors import AccessError, AgentError, ApiError, AuthError
-from fliplet_workers.fliplet import lookups
-from fliplet_workers.fliplet.api import FlipletApi, MediaUpload
+from fliplet_workers.fliplet.api import FlipletApi, MediaUpload, data_source_body
 from fliplet_workers.fliplet.failures import kind_of
 from fliplet_workers.fliplet.multipart import MultipartBody
 from fliplet_workers.fliplet.sessions import USER_AGENT, new_session
@@ -178,18 +177,6 @@ class FlipletClient(FlipletApi):
                            datasource_id=datasource_id)
         return list(answer.get("entries") or []) if isinstance(answer, dict) else list(answer)
 
-    def find_entries(self, datasource_id: int, column: str, keys: list[Any]) -> Iterator[dict[str, Any]]:
-        """The entries of ``keys`` (``data/query`` with ``$in``, in chunks; see :mod:`.lookups`)."""
-        return lookups.find_entries(self, datasource_id, column, keys)
-
-    def find_keys(self, datasource_id: int, column: str, keys: list[Any]) -> list[Any]:
-        """Which of ``keys`` exist as ``column`` values remotely (to re-plan an unknown outcome)."""
-        return lookups.find_keys(self, datasource_id, column, keys)
-
-    def find_applied_updates(self, datasource_id: int, column: str, updates: list[dict[str, Any]]) -> list[Any]:
-        """The ids of ``updates`` whose entry already holds every value sent (see :mod:`.lookups`)."""
-        return lookups.find_applied_updates(self, datasource_id, column, updates)
-
     def data_sources(self, *, type: str | None = None) -> list[dict[str, Any]]:  # noqa: A002 - Fliplet's name
         """``GET v1/data-sources[?type=...]``."""
         answer = self.json("GET", "v1/data-sources", params={"type": type} if type else None)
@@ -198,11 +185,7 @@ class FlipletClient(FlipletApi):
     def create_data_source(self, name: str, *, type: str | None = None,  # noqa: A002 - Fliplet's name
                            organization_id: int | None = None) -> dict[str, Any]:
         """``POST v1/data-sources``."""
-        body: dict[str, Any] = {"name": name}
-        if type is not None:
-            body["type"] = type
-        if organization_id is not None:
-            body["organizationId"] = organization_id
+        body = data_source_body(name, type, organization_id)
         created = self.json("POST", "v1/data-sources", json=body)
         return dict(created.get("dataSource") or created)
 

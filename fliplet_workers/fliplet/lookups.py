@@ -9,9 +9,10 @@ retry rules in ``core/retry.py`` rest on them), so both call these functions ove
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fliplet_workers.fliplet.api import FlipletApi
+if TYPE_CHECKING:  # the protocol's lookup methods call these functions
+    from fliplet_workers.fliplet.api import FlipletApi
 
 __all__ = ["LOOKUP_CHUNK", "find_applied_updates", "find_entries", "find_keys"]
 

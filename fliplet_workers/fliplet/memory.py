@@ -33,8 +33,7 @@ from typing import Any, TypeVar
 import orjson
 
 from fliplet_workers.errors import ApiError, AuthError
-from fliplet_workers.fliplet import lookups
-from fliplet_workers.fliplet.api import FlipletApi, MediaUpload
+from fliplet_workers.fliplet.api import FlipletApi, MediaUpload, data_source_body
 from fliplet_workers.fliplet.client import error_for
 from fliplet_workers.fliplet.failures import KINDS, Kind
 from fliplet_workers.redaction import register
@@ -165,27 +164,13 @@ class MemoryApi(FlipletApi):
         sent = _wire(body)
         return list(self._call("query", datasource_id, lambda: self.store.query(self.token, datasource_id, sent)))
 
-    def find_entries(self, datasource_id: int, column: str, keys: list[Any]) -> Iterator[dict[str, Any]]:
-        """The entries of ``keys`` (``data/query`` with ``$in``, in chunks; see :mod:`.lookups`)."""
-        return lookups.find_entries(self, datasource_id, column, keys)
-
-    def find_keys(self, datasource_id: int, column: str, keys: list[Any]) -> list[Any]:
-        return lookups.find_keys(self, datasource_id, column, keys)
-
-    def find_applied_updates(self, datasource_id: int, column: str, updates: list[dict[str, Any]]) -> list[Any]:
-        return lookups.find_applied_updates(self, datasource_id, column, updates)
-
     def data_sources(self, *, type: str | None = None) -> list[dict[str, Any]]:  # noqa: A002 - Fliplet's name
         return list(self._call("data_sources", None,
                                lambda: self.store.list_data_sources(self.token, type or None)))
 
     def create_data_source(self, name: str, *, type: str | None = None,  # noqa: A002 - Fliplet's name
                            organization_id: int | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"name": name}
-        if type is not None:
-            body["type"] = type
-        if organization_id is not None:
-            body["organizationId"] = organization_id
+        body = data_source_body(name, type, organization_id)
         sent = _wire(body)
         return dict(self._call("create_data_source", None, lambda: self.store.create_data_source_for(self.token, sent)))
 

@@ -61,9 +61,11 @@ class Started:
 
 
 def start(fleet: Fleet, run_id: str, config_name: object, operation: object = 0,
-          dry_run: bool = False, dispatch: Dispatch | None = None) -> Started:
+          dry_run: bool = False, dispatch: Dispatch | None = None, full: bool = False) -> Started:
     """Claim the operation, plan the run, staging and dispatching each batch as it is cut (or run it
-    inline when there is nothing to fan out: dry run, pull, nothing to commit, or a failure)."""
+    inline when there is nothing to fan out: dry run, pull, nothing to commit, or a failure).
+    ``full``: an incremental operation compares every row this time (kept with the run, so that a
+    planner that takes over a dead one's run does the same)."""
     send: Dispatch = dispatch or _no_dispatch
     head = {"run_id": run_id, "config": str(config_name), "operation": operation}
     log = for_config(str(config_name))
@@ -91,13 +93,12 @@ def start(fleet: Fleet, run_id: str, config_name: object, operation: object = 0,
         log.info(f"Operation {index + 1} is already running (run {holder}): this trigger is skipped.")
         return Started({"run_id": run_id, "config": name, "operation": index, "skipped": True,
                         "reason": f"run {holder} is in progress"})
-    return _claimed(fleet, run_id, config, index, dry_run, send, log)
+    return _claimed(fleet, run_id, RunSpec(config, index, dry_run or config.is_dry_run, full), send, log)
 
 
-def _claimed(fleet: Fleet, run_id: str, config: Config, index: int, dry_run: bool, send: Dispatch,
-             log: OperationLog) -> Started:
+def _claimed(fleet: Fleet, run_id: str, spec: RunSpec, send: Dispatch, log: OperationLog) -> Started:
     """The operation is this run's: plan it under the planner's heartbeat, ending it inline on a failure."""
-    name = config.name
+    name, index = spec.config.name, spec.index
     planner, owner = fleet.planner(run_id), _owner()
     if not planner.acquire(owner):  # a copy of this task (sent again by recovery) plans it already
         return Started({"run_id": run_id, "config": name, "operation": index, "waiting": 0,
@@ -108,7 +109,7 @@ def _claimed(fleet: Fleet, run_id: str, config: Config, index: int, dry_run: boo
     try:
         with kept_alive([lambda: lock.renew(run_id), lambda: planner.renew(owner)], fleet.renew_every,
                         "operation lock") as lost:
-            return _plan(fleet, run_id, config, index, dry_run, started, log, send, lost=lost)
+            return _plan(fleet, run_id, spec, started, log, send, lost=lost)
     except PlanningStopped as stop:
         return Started(_stopped(fleet, run_id, name, index, started, stop, log))
     except AgentError as error:
@@ -167,18 +168,17 @@ def operation_index(config: Config, operation: object) -> int:
     return operation
 
 
-def _plan(fleet: Fleet, run_id: str, config: Config, index: int, dry_run: bool, started: float,
+def _plan(fleet: Fleet, run_id: str, spec: RunSpec, started: float,
           log: OperationLog, send: Dispatch, first_batch: int = 1, lost: threading.Event | None = None) -> Started:
     """Open what the run needs and push it (``first_batch`` > 1 continues a resumed run; ``lost`` is
     set when the planner's heartbeat or lock was taken: it then stops at once)."""
-    op = config.operations[index]
+    config, index, op = spec.config, spec.index, spec.op
     log.info(f"Running operation {index + 1} of {len(config.operations)}: {op.label}")
     client = connect_client(config, log)
     db = None
     try:
         db = connect_database(config, log)
         authenticate(client, log)
-        spec = RunSpec(config=config, index=index, dry_run=dry_run or config.is_dry_run)
         res = Resources(api=client, log=log, db=db, marks=RedisMarks(fleet.redis, config.name))
         if spec.dry_run or op.type == "pull":  # nothing to fan out: exactly the foreground agent's run
             return Started(finish_inline(fleet, run_id, run_operation(spec, res), started))
@@ -194,7 +194,7 @@ def _push(fleet: Fleet, run_id: str, spec: RunSpec, res: Resources, started: flo
     """The pipeline's push into a :class:`StagingSink`; the run ends here only if nothing was cut."""
     store = fleet.store(run_id)
     if first_batch == 1:
-        store.open(spec.config.name, spec.index, started)
+        store.open(spec.config.name, spec.index, started, full=spec.full)
     resumed = store.meta() if first_batch > 1 else None
     steps = open_steps(spec, res)
     record = SyncRecord() if spec.op.on_sync is not None else None
@@ -260,8 +260,8 @@ def _replan(fleet: Fleet, meta: RunMeta, config: Config, send: Dispatch, log: Op
     try:
         with kept_alive([lambda: lock.renew(meta.run_id), lambda: planner.renew(owner)], fleet.renew_every,
                         "operation lock") as lost:
-            return _plan(fleet, meta.run_id, config, meta.operation, False, meta.started, log, send,
-                         first_batch=meta.staged + 1, lost=lost)
+            spec = RunSpec(config, meta.operation, full=meta.full)
+            return _plan(fleet, meta.run_id, spec, meta.started, log, send, first_batch=meta.staged + 1, lost=lost)
     except PlanningStopped as stop:
         return Started(_stopped(fleet, meta.run_id, meta.config, meta.operation, meta.started, stop, log))
     finally:

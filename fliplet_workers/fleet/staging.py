@@ -64,6 +64,7 @@ class RunMeta:
     file_jobs: dict[int, int] = field(default_factory=dict)
     summary: dict[str, Any] | None = None
     errors: list[str] = field(default_factory=list)  # why recovery ended the run early
+    full: bool = False  # an incremental operation compares every row (``fliplet.sync(..., full=True)``)
 
     @classmethod
     def from_hash(cls, run_id: str, raw: dict[str, str]) -> RunMeta:
@@ -79,6 +80,7 @@ class RunMeta:
             file_jobs={int(k): int(v) for k, v in orjson.loads(raw.get("file_jobs", "{}")).items()},
             summary=orjson.loads(raw["summary"]) if raw.get("summary") else None,
             errors=list(orjson.loads(raw["errors"])) if raw.get("errors") else [],
+            full=raw.get("full") == "1",
         )
 
 
@@ -114,11 +116,11 @@ class RunStore:
         raw = self.client.hgetall(self.key)
         return RunMeta.from_hash(self.run_id, {str(k): str(v) for k, v in raw.items()}) if raw else None
 
-    def open(self, config: str, operation: int, started: float) -> None:
+    def open(self, config: str, operation: int, started: float, *, full: bool = False) -> None:
         """Start a run whose batches are about to be staged one by one."""
         with self.client.pipeline(transaction=True) as pipe:
             pipe.hset(self.key, mapping={"config": config, "operation": operation, "started": started,
-                                         "batches": 0, "staged": 0, "state": PLANNING})
+                                         "batches": 0, "staged": 0, "state": PLANNING, "full": int(full)})
             pipe.expire(self.key, self.ttl)
             pipe.execute()
 

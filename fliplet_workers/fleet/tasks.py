@@ -3,7 +3,7 @@
 Names and arguments are what an operator sees in Flower and types in ``celery call``: config names,
 operation indexes, run ids and batch numbers, never a token or a row.
 
-* ``fliplet.sync(config_name, operation=0, dry_run=False)`` plans a run and fans it out. Its task id is
+* ``fliplet.sync(config_name, operation=0, dry_run=False, full=False)`` plans a run and fans it out. Its task id is
   the run id, and it resolves when the run ends: SUCCESS with the run summary, or FAILURE with a
   :class:`~.outcome.RunFailed` carrying the summary (a skipped trigger: SUCCESS, ``skipped: true``).
 * ``fliplet.upload_file(run_id, batch_number, job_index, config_name, operation)``
@@ -49,10 +49,12 @@ BUSY_RETRIES = 100
 
 
 @app.task(name="fliplet.sync", track_started=True, throws=(outcome.RunFailed,), **_COMMON)
-def sync(self: Any, config_name: str, operation: int = 0, dry_run: bool = False) -> dict[str, Any]:
-    """Run operation ``operation`` of the config file named ``config_name`` now."""
+def sync(self: Any, config_name: str, operation: int = 0, dry_run: bool = False, full: bool = False) -> dict[str, Any]:
+    """Run operation ``operation`` of the config file named ``config_name`` now (``full``: an
+    incremental operation compares every row, as ``start --full``)."""
     try:
-        started = flow.start(current(), self.request.id, config_name, operation, dry_run, dispatch=send_batch)
+        started = flow.start(current(), self.request.id, config_name, operation, dry_run, dispatch=send_batch,
+                             full=full is True)
     except flow.FleetError:  # a bug while planning: the run ended failed (its summary is recorded)
         meta = current().store(self.request.id).meta()
         if meta is not None and meta.summary is not None:

@@ -37,8 +37,8 @@ def _change(path: str, sql: str) -> None:
         db.commit()
 
 
-def _run(celery_app: Celery, fleet: Fleet, name: str, runs_before: int) -> dict[str, Any]:
-    result = celery_app.send_task("fliplet.sync", args=[name]).get(timeout=60, propagate=False)
+def _run(celery_app: Celery, fleet: Fleet, name: str, runs_before: int, **kwargs: Any) -> dict[str, Any]:
+    result = celery_app.send_task("fliplet.sync", args=[name], kwargs=kwargs).get(timeout=60, propagate=False)
     run_id = result.args[1]["run_id"] if isinstance(result, Exception) else result["run_id"]  # a failed run
     summary: dict[str, Any] = wait_for(lambda: next((s for s in history.last(fleet.redis, name, 0, 10)
                                                      if s.get("run_id") == run_id), None),
@@ -93,3 +93,25 @@ def test_the_fleet_advances_the_watermark_only_after_an_ok_run_and_status_shows_
     mark = entry["operations"][0]["watermark"]
     assert mark["watermark"] == {"type": "string", "value": "2024-03-01 00:00:00"} and mark["datasourceId"] == ds
     assert "incremental: watermark 2024-03-01 00:00:00 (string), last full comparison" in text.getvalue()
+
+
+def test_a_full_run_asked_of_the_fleet_catches_a_row_changed_without_a_newer_timestamp(
+        workers: list, fleet: Fleet, celery_app: Celery, sandbox: SandboxServer,  # type: ignore[type-arg]
+        config_dir: str, data_dir: str) -> None:
+    name = f"incfull{uuid.uuid4().hex[:8]}"
+    ds = sandbox.store.create_data_source(name)
+    db = os.path.join(data_dir, f"{name}.db")
+    _source(db, 12)
+    write_config(config_dir, name, api_url=sandbox.url, datasource_id=ds, database=db, batch_size=5,
+                 query="SELECT id, email, name, updated_at AS updatedAt FROM users",
+                 timestamp_column="updatedAt", incremental=True, retries=1, retry_delay=0.05)
+    assert _run(celery_app, fleet, name, 0)["inserted"] == 12
+    # a change without a newer timestamp (a restore from a backup): an incremental run cannot see it
+    _change(db, "UPDATE users SET name = 'restored', updated_at = '2023-12-31 00:00:00' WHERE id = 3")
+    quiet = _run(celery_app, fleet, name, 1)
+    assert quiet["ok"] and (quiet["updated"], quiet["batches"]) == (0, 0)
+    full = _run(celery_app, fleet, name, 2, full=True)
+    assert full["ok"] and (full["updated"], full["unchanged"]) == (1, 11)
+    entry = next(e for e in sandbox.store.entries(ds) if e["data"]["id"] == 3)
+    assert entry["data"]["name"] == "restored"
+    assert _watermark(fleet, name) == "2024-01-01 00:00:12"

@@ -31,6 +31,20 @@ def _source(path: str, rows: int) -> None:
         db.commit()
 
 
+def _incremental_config(sandbox: SandboxServer, config_dir: str, data_dir: str, prefix: str, *, rows: int,
+                        batch_size: int) -> tuple[str, int, str]:
+    """A config of an incremental operation over a fresh SQLite table of ``rows`` users, into a new
+    data source: its name, the data source's id and the database file."""
+    name = f"{prefix}{uuid.uuid4().hex[:8]}"
+    ds = sandbox.store.create_data_source(name)
+    db = os.path.join(data_dir, f"{name}.db")
+    _source(db, rows)
+    write_config(config_dir, name, api_url=sandbox.url, datasource_id=ds, database=db, batch_size=batch_size,
+                 query="SELECT id, email, name, updated_at AS updatedAt FROM users",
+                 timestamp_column="updatedAt", incremental=True, retries=1, retry_delay=0.05)
+    return name, ds, db
+
+
 def _change(path: str, sql: str) -> None:
     with contextlib.closing(sqlite3.connect(path)) as db:
         db.execute(sql)
@@ -55,13 +69,7 @@ def _watermark(fleet: Fleet, name: str) -> Any:
 def test_the_fleet_advances_the_watermark_only_after_an_ok_run_and_status_shows_it(
         workers: list, fleet: Fleet, celery_app: Celery, sandbox: SandboxServer,  # type: ignore[type-arg]
         config_dir: str, data_dir: str) -> None:
-    name = f"inc{uuid.uuid4().hex[:8]}"
-    ds = sandbox.store.create_data_source(name)
-    db = os.path.join(data_dir, f"{name}.db")
-    _source(db, 30)
-    write_config(config_dir, name, api_url=sandbox.url, datasource_id=ds, database=db, batch_size=10,
-                 query="SELECT id, email, name, updated_at AS updatedAt FROM users",
-                 timestamp_column="updatedAt", incremental=True, retries=1, retry_delay=0.05)
+    name, ds, db = _incremental_config(sandbox, config_dir, data_dir, "inc", rows=30, batch_size=10)
 
     first = _run(celery_app, fleet, name, 0)
     assert first["ok"] and first["inserted"] == 30 and first["batches"] == 3
@@ -98,13 +106,7 @@ def test_the_fleet_advances_the_watermark_only_after_an_ok_run_and_status_shows_
 def test_a_full_run_asked_of_the_fleet_catches_a_row_changed_without_a_newer_timestamp(
         workers: list, fleet: Fleet, celery_app: Celery, sandbox: SandboxServer,  # type: ignore[type-arg]
         config_dir: str, data_dir: str) -> None:
-    name = f"incfull{uuid.uuid4().hex[:8]}"
-    ds = sandbox.store.create_data_source(name)
-    db = os.path.join(data_dir, f"{name}.db")
-    _source(db, 12)
-    write_config(config_dir, name, api_url=sandbox.url, datasource_id=ds, database=db, batch_size=5,
-                 query="SELECT id, email, name, updated_at AS updatedAt FROM users",
-                 timestamp_column="updatedAt", incremental=True, retries=1, retry_delay=0.05)
+    name, ds, db = _incremental_config(sandbox, config_dir, data_dir, "incfull", rows=12, batch_size=5)
     assert _run(celery_app, fleet, name, 0)["inserted"] == 12
     # a change without a newer timestamp (a restore from a backup): an incremental run cannot see it
     _change(db, "UPDATE users SET name = 'restored', updated_at = '2023-12-31 00:00:00' WHERE id = 3")
